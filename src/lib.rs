@@ -1,0 +1,14 @@
+//! loratune: LoRA fine-tuning on candle.
+//!
+//! The library is organised by domain noun:
+//! - [`chat`]: roles and messages shared by data, templates and generation;
+//! - [`data`]: JSONL instruction sets, format detection, validation;
+//! - [`tokenizer`]: tokenizers (tokenizer.json or rebuilt from GGUF) and chat templates;
+//! - [`model`]: model configs, checkpoint sources (HF folder, hub cache, GGUF), the Llama-family decoder;
+//! - [`encode`]: records -> token ids and loss masks;
+//! - [`eval`]: mean target-token loss and perplexity over a data set;
+//! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
+
+pub mod chat;
+pub mod data;
+pub mod tokenizer;
