@@ -12,3 +12,7 @@
 pub mod chat;
 pub mod data;
 pub mod tokenizer;
+pub mod model;
+pub mod encode;
+pub mod eval;
+pub mod cli;

@@ -1,0 +1,115 @@
+//! Reading a Hugging Face layout folder: config.json plus model.safetensors or the shards
+//! listed in model.safetensors.index.json. Files are memory-mapped; each tensor is
+//! checked against the shape config.json implies and converted to the compute dtype.
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::config::ModelConfig;
+use super::error::LoadError;
+
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub const SINGLE_FILE: &str = "model.safetensors";
+
+/// Which safetensors file holds which tensor.
+#[derive(Debug, Clone)]
+pub struct WeightFiles {
+    /// Shard files in a stable order.
+    pub files: Vec<PathBuf>,
+    /// tensor name -> index into `files`; None for a single-file checkpoint.
+    pub routing: Option<HashMap<String, usize>>,
+    /// Where the routing came from (the index file), for messages.
+    pub index: Option<PathBuf>,
+}
+
+impl WeightFiles {
+    pub fn discover(dir: &Path) -> Result<Self, LoadError> {
+        let index = dir.join(INDEX_FILE);
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| LoadError::io(&index, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| LoadError::Config { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::Config {
+                path: index.clone(),
+                msg: "no \"weight_map\" object".into(),
+            })?;
+            let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
+            let mut names: Vec<(String, String)> = Vec::with_capacity(map.len());
+            for (tensor, shard) in map {
+                let shard = shard.as_str().ok_or_else(|| LoadError::Config {
+                    path: index.clone(),
+                    msg: format!("weight_map[\"{tensor}\"] is not a file name"),
+                })?;
+                shard_ids.entry(shard.to_string()).or_insert(0);
+                names.push((tensor.clone(), shard.to_string()));
+            }
+            let mut files = Vec::with_capacity(shard_ids.len());
+            for (i, (shard, id)) in shard_ids.iter_mut().enumerate() {
+                let p = dir.join(&*shard);
+                if !p.is_file() {
+                    return Err(LoadError::MissingShard { index: index.clone(), shard: shard.clone() });
+                }
+                *id = i;
+                files.push(p);
+            }
+            let routing = names.into_iter().map(|(t, s)| (t, shard_ids[&s])).collect();
+            return Ok(WeightFiles { files, routing: Some(routing), index: Some(index) });
+        }
+        let single = dir.join(SINGLE_FILE);
+        if single.is_file() {
+            return Ok(WeightFiles { files: vec![single], routing: None, index: None });
+        }
+        Err(LoadError::Config {
+            path: dir.to_path_buf(),
+            msg: format!("no {SINGLE_FILE} or {INDEX_FILE} in this folder"),
+        })
+    }
+}
+
+/// Loads every tensor `cfg` expects from `files`, converting to `dtype` on `device`.
+pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
+    // Group by file so each file is mapped once.
+    let mut per_file: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); files.files.len()];
+    for (name, shape) in cfg.expected_tensors() {
+        let idx = match &files.routing {
+            None => 0,
+            Some(r) => *r.get(&name).ok_or_else(|| LoadError::MissingTensor {
+                path: files.index.clone().unwrap_or_default(),
+                tensor: name.clone(),
+            })?,
+        };
+        per_file[idx].push((name, shape));
+    }
+    let mut out = HashMap::new();
+    for (path, wanted) in files.files.iter().zip(per_file) {
+        if wanted.is_empty() {
+            continue;
+        }
+        let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+        // SAFETY: the map is read-only and lives only while this file's tensors are copied
+        // out; a checkpoint modified underneath a running load is outside what we support.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| LoadError::io(path, e))?;
+        let st = safetensors::SafeTensors::deserialize(&mmap)
+            .map_err(|e| LoadError::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        for (name, shape) in wanted {
+            let view = st
+                .tensor(&name)
+                .map_err(|_| LoadError::MissingTensor { path: path.clone(), tensor: name.clone() })?;
+            if view.shape() != shape.as_slice() {
+                return Err(LoadError::ShapeMismatch {
+                    path: path.clone(),
+                    tensor: name,
+                    expected: shape,
+                    found: view.shape().to_vec(),
+                });
+            }
+            let terr = |e: candle_core::Error| LoadError::Tensor { path: path.clone(), tensor: name.clone(), msg: e.to_string() };
+            let t = view.load(&Device::Cpu).map_err(terr)?;
+            let t = t.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)?;
+            out.insert(name, t);
+        }
+    }
+    Ok(out)
+}
