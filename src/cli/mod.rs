@@ -1,0 +1,97 @@
+//! The command line: argument definitions and dispatch. Each subcommand lives in its own
+//! file and turns arguments into calls on the library.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Parser, Subcommand};
+
+mod eval_cmd;
+mod init_model_cmd;
+mod progress;
+
+#[derive(Parser, Debug)]
+#[command(name = "loratune", version, about = "LoRA fine-tuning runner: load, evaluate and adapt Llama-family models")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Mean loss over the target tokens of a JSONL data set, and perplexity.
+    Eval(eval_cmd::EvalArgs),
+    /// Write a checkpoint with random weights (tiny test models or full-size shapes).
+    InitModel(init_model_cmd::InitModelArgs),
+}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Eval(a) => eval_cmd::run(a),
+        Command::InitModel(a) => init_model_cmd::run(a),
+    }
+}
+
+/// `auto` picks the first CUDA device when built with CUDA and one is present.
+pub(crate) fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() { Device::new_cuda(0)? } else { Device::Cpu }),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("device \"{s}\" requested but this loratune was built without CUDA (rebuild with --features cuda)");
+            }
+            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().context("device ordinal")?.unwrap_or(0);
+            Ok(Device::new_cuda(ordinal)?)
+        }
+        other => bail!("unknown device \"{other}\" (expected auto, cpu, cuda or cuda:N)"),
+    }
+}
+
+pub(crate) fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => bail!("unknown dtype \"{other}\" (expected f32, bf16 or f16)"),
+    }
+}
+
+/// "5GB", "500MB", "2MiB", "1000" (bytes).
+pub(crate) fn parse_size(spec: &str) -> Result<u64> {
+    let s = spec.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().with_context(|| format!("size \"{spec}\": expected a number with an optional unit"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => bail!("size \"{spec}\": unknown unit \"{u}\" (B, KB, MB, GB, KiB, MiB, GiB)"),
+    };
+    Ok((num * mult) as u64)
+}
+
+/// Writes JSON atomically (temp file + rename) with a trailing newline.
+pub(crate) fn write_json_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    crate::model::init::atomic_write(path, |tmp| std::fs::write(tmp, &text))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("2MiB").unwrap(), 2 * 1024 * 1024);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}
