@@ -471,7 +471,8 @@ def write_json(path, obj):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smollm2", metavar="GGUF", help="SmolLM2 GGUF file -> reference_smollm2.json")
-    ap.add_argument("--tiny", metavar="HF_DIR", help="HF model folder (Llama arch) -> reference_tiny.json")
+    ap.add_argument("--tiny", metavar="HF_DIR", nargs="+", default=[],
+                    help="HF model folder(s) (Llama/Qwen2 arch), e.g. models/tiny-qwen2 -> reference_tiny_qwen2.json")
     ap.add_argument("--out-dir", default=str(REPO_ROOT / "tests" / "fixtures"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -492,12 +493,14 @@ def main():
         write_json(out_dir / "reference_smollm2.json", fixture)
         del model
 
-    if args.tiny:
-        cmd = f"{py} --tiny {shlex.quote(rel(args.tiny))} --out-dir {shlex.quote(rel(out_dir))}"
-        print(f"loading {args.tiny}", file=sys.stderr)
-        tokenizer, model = load_hf_dir(args.tiny)
-        fixture = make_fixture("tiny", tokenizer, model, rel(args.tiny), cmd)
-        write_json(out_dir / "reference_tiny.json", fixture)
+    for tiny in args.tiny:
+        # Fixture name from the folder name: models/tiny-llama3 -> reference_tiny_llama3.json
+        stem = Path(tiny).name.replace("-", "_")
+        cmd = f"{py} --tiny {shlex.quote(rel(tiny))} --out-dir {shlex.quote(rel(out_dir))}"
+        print(f"loading {tiny}", file=sys.stderr)
+        tokenizer, model = load_hf_dir(tiny)
+        fixture = make_fixture(stem, tokenizer, model, rel(tiny), cmd)
+        write_json(out_dir / f"reference_{stem}.json", fixture)
 
 
 if __name__ == "__main__":
