@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 root = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(root / "scripts" / "reference"))
-from make_fixtures import encode_chat  # the reference masking rule
+from make_fixtures import build_chat_case  # the reference masking rule
 
 gguf = root / "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -29,7 +29,8 @@ for i in range(100):
             m["content"] = f"{m['content']} (request {i})"
     convs.append(msgs)
 
-encoded = [encode_chat(tok, m) for m in convs]
+cases = [build_chat_case(tok, f"c{i}", m) for i, m in enumerate(convs)]
+encoded = [(c["input_ids"], c["target_mask"]) for c in cases]
 order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
 t = time.perf_counter()
 nll, ntok, ntgt = 0.0, 0, 0

@@ -111,9 +111,9 @@ fn load_hf_dir(dir: &Path, source: &ModelSource, kind: &'static str, opts: &Load
 }
 
 fn load_gguf(path: &Path, source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
-    let (content, mut file) = gguf_source::read_content(path)?;
+    let (content, _) = gguf_source::read_content(path)?;
     let cfg = gguf_source::config_from_gguf(&content, path)?;
-    let tensors = gguf_source::load_tensors(&cfg, &content, &mut file, path, opts.dtype, &opts.device)?;
+    let tensors = gguf_source::load_tensors(&cfg, &content, path, opts.dtype, &opts.device)?;
     let weights = LlamaWeights::from_map(&cfg, tensors, path)?;
     let tokenizer = Tokenizer::from_gguf(&content, path)?;
     check_vocab(&cfg, &tokenizer, path)?;

@@ -143,16 +143,12 @@ pub fn permute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
 }
 
 /// Dequantizes every expected tensor to f32, undoes the q/k permutation, then converts
-/// to `dtype` on `device`. Returns HF-named tensors.
-pub fn load_tensors(
-    cfg: &ModelConfig,
-    content: &Content,
-    file: &mut std::fs::File,
-    path: &Path,
-    dtype: DType,
-    device: &Device,
-) -> Result<HashMap<String, Tensor>, LoadError> {
-    let mut out = HashMap::new();
+/// to `dtype` on `device`. Returns HF-named tensors. Dequantization is CPU-bound and
+/// single-threaded per tensor in candle, so tensors are spread over all cores, each worker
+/// reading through its own file handle.
+pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
+    // Check names and shapes first, so a bad file fails before any heavy work.
+    let mut jobs = Vec::new();
     for (name, shape) in cfg.expected_tensors() {
         let g = gguf_name(&name).expect("every expected tensor has a GGUF name");
         let info = content
@@ -160,23 +156,42 @@ pub fn load_tensors(
             .get(&g)
             .ok_or_else(|| LoadError::MissingTensor { path: path.to_path_buf(), tensor: g.clone() })?;
         if info.shape.dims() != shape.as_slice() {
-            return Err(LoadError::ShapeMismatch {
-                path: path.to_path_buf(),
-                tensor: g,
-                expected: shape,
-                found: info.shape.dims().to_vec(),
-            });
+            return Err(LoadError::ShapeMismatch { path: path.to_path_buf(), tensor: g, expected: shape, found: info.shape.dims().to_vec() });
         }
-        let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.clone(), msg: e.to_string() };
-        let q = content.tensor(file, &g, &Device::Cpu).map_err(terr)?;
-        let mut t = q.dequantize(&Device::Cpu).map_err(terr)?;
+        jobs.push((name, g));
+    }
+    let load_one = |file: &mut std::fs::File, name: &str, g: &str| -> Result<Tensor, LoadError> {
+        let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
+        let mut t = content.tensor(file, g, &Device::Cpu).map_err(terr)?.dequantize(&Device::Cpu).map_err(terr)?;
         if name.contains("self_attn.q_proj.") {
             t = unpermute_rows(&t, cfg.num_attention_heads).map_err(terr)?;
         } else if name.contains("self_attn.k_proj.") {
             t = unpermute_rows(&t, cfg.num_key_value_heads).map_err(terr)?;
         }
-        let t = t.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)?;
-        out.insert(name, t);
+        t.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)
+    };
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len().max(1));
+    let results: Vec<Result<Vec<(String, Tensor)>, LoadError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let jobs = &jobs;
+                let load_one = &load_one;
+                s.spawn(move || {
+                    let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+                    // Interleaved assignment balances big and small tensors across workers.
+                    jobs.iter()
+                        .skip(w)
+                        .step_by(workers)
+                        .map(|(name, g)| Ok((name.clone(), load_one(&mut file, name, g)?)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("GGUF loader thread panicked")).collect()
+    });
+    let mut out = HashMap::with_capacity(jobs.len());
+    for r in results {
+        out.extend(r?);
     }
     Ok(out)
 }
