@@ -1,6 +1,7 @@
 //! loratune: LoRA fine-tuning on candle.
 //!
 //! The library is organised by domain noun:
+//! - [`atomic`]: temp-file-then-rename writes for everything loratune saves;
 //! - [`chat`]: roles and messages shared by data, templates and generation;
 //! - [`data`]: JSONL instruction sets, format detection, validation;
 //! - [`tokenizer`]: tokenizers (tokenizer.json or rebuilt from GGUF) and chat templates;
@@ -9,6 +10,7 @@
 //! - [`eval`]: mean target-token loss and perplexity over a data set;
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
 
+pub mod atomic;
 pub mod chat;
 pub mod data;
 pub mod tokenizer;

@@ -79,7 +79,7 @@ pub(crate) fn parse_size(spec: &str) -> Result<u64> {
 /// Writes JSON atomically (temp file + rename) with a trailing newline.
 pub(crate) fn write_json_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
-    crate::model::init::atomic_write(path, |tmp| std::fs::write(tmp, &text))?;
+    crate::atomic::write_bytes(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

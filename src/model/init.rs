@@ -294,21 +294,6 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), LoadError> {
     atomic_write(path, |tmp| std::fs::write(tmp, &text))
 }
 
-/// Writes through a temporary file in the same folder, then renames, so a reader never
-/// sees a half-written file and an interrupted write leaves the old one intact.
-pub fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(|e| LoadError::io(dir, e))?;
-    write(tmp.path()).map_err(|e| LoadError::io(path, e))?;
-    // Temporary files are created private (0600); the result is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(|e| LoadError::io(path, e))?;
-    }
-    tmp.persist(path).map_err(|e| LoadError::io(path, e.error))?;
-    Ok(())
+fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {
+    crate::atomic::write_with(path, write).map_err(|e| LoadError::io(path, e))
 }

@@ -9,7 +9,6 @@ pub mod chat_template;
 pub mod gguf;
 pub mod tiny;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
@@ -414,24 +413,8 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, TokenizerError> {
         .map_err(|e| file_err(path, format!("invalid JSON: {e}")))
 }
 
-/// Write through a temporary file in the same folder, then rename over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TokenizerError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
-        file_err(
-            path,
-            format!("cannot create a temporary file beside it: {e}"),
-        )
-    })?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| file_err(path, format!("cannot write: {e}")))?;
-    tmp.persist(path)
-        .map_err(|e| file_err(path, format!("cannot move into place: {}", e.error)))?;
-    Ok(())
+    crate::atomic::write_bytes(path, bytes).map_err(|e| file_err(path, format!("cannot write: {e}")))
 }
 
 #[cfg(test)]
