@@ -139,8 +139,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
     let report = EvalReport {
         model: loaded.identity,
-        device: format!("{:?}", opts.device),
-        dtype: format!("{:?}", opts.dtype),
+        device: super::device_name(&opts.device),
+        dtype: opts.dtype.as_str().to_string(),
         max_seq_len: a.max_seq_len,
         batch_size: a.batch_size,
         load_seconds,

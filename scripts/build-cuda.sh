@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build `loratune --features cuda` on a machine with no GPU and no CUDA toolkit, from
+# PyPI's CUDA 13.0 wheels (the GPU machine's driver takes PTX from CUDA <= 13.0).
+# Output: dist/cuda/loratune and its xz copy dist/gpu/loratune.xz (git-ignored), for the GPU machine.
+# The toolkit pieces go to target/cuda-toolkit (about 1.2 GB, fetched once).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+tk="$root/target/cuda-toolkit"
+cuda="$tk/root"
+
+if [ ! -x "$cuda/bin/nvcc" ] || [ ! -e "$cuda/lib64/libcuda.so" ]; then
+  rm -rf "$tk"
+  python3 -m pip install --quiet --no-deps --target "$tk/wheels" \
+    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
+    nvidia-cuda-runtime==13.0.96 nvidia-cublas==13.1.0.3 nvidia-curand==10.4.0.35 \
+    nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-cccl==13.0.85
+  cu="$tk/wheels/nvidia/cu13"
+  mkdir -p "$cuda/lib64"
+  for d in bin include nvvm; do ln -sfn "$cu/$d" "$cuda/$d"; done
+  # The wheels carry only versioned sonames; the linker wants the plain names too.
+  for lib in "$cu"/lib/*.so*; do
+    name="$(basename "$lib")"
+    ln -sfn "$lib" "$cuda/lib64/$name"
+    ln -sfn "$lib" "$cuda/lib64/${name%%.so*}.so"
+  done
+  # libcuda is the driver, in no wheel: link against a stub defining every cu* symbol
+  # cudarc's driver bindings declare; the GPU machine's real libcuda.so.1 is used at run time.
+  cargo fetch --quiet
+  sys="$(ls -d "$HOME"/.cargo/registry/src/*/cudarc-*/src/driver/sys | sort -V | tail -n 1)"
+  grep -rhoE 'pub unsafe fn cu[A-Za-z0-9_]+' "$sys" | awk '{print $4}' | sort -u \
+    | sed 's/.*/void &(void) {}/' > "$tk/libcuda_stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda/lib64/libcuda.so" "$tk/libcuda_stub.c"
+  ln -sfn libcuda.so "$cuda/lib64/libcuda.so.1"
+fi
+
+export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_ROOT_DIR="$cuda"
+export PATH="$cuda/bin:$PATH" LD_LIBRARY_PATH="$cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+cargo build --release --locked --features cuda --target-dir target/cuda --bin loratune
+mkdir -p dist/cuda
+cp target/cuda/release/loratune dist/cuda/loratune
+strip dist/cuda/loratune
+# A compressed copy travels to the GPU machine in a fraction of the size.
+mkdir -p dist/gpu
+xz -T0 -6 -c dist/cuda/loratune > dist/gpu/loratune.xz
+echo "built dist/cuda/loratune ($(du -h dist/cuda/loratune | cut -f1)); on the GPU machine:"
+echo "  carry dist/gpu; scripts/gpu/*.sh unpack dist/gpu/loratune.xz to dist/cuda/loratune"
