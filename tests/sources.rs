@@ -63,12 +63,37 @@ fn hf_folder_sharded_hub_cache_and_gguf_give_identical_logits() {
 #[test]
 fn hub_id_not_cached_while_offline_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let o = common::loratune(dir.path(), &["eval", "--model", "meta-llama/Llama-2-7b-hf", "--data", "x.jsonl"]);
-    // The data file is read first; give it one so the model error is the one reported.
-    assert!(!o.status.success());
+    // Data is read before the model, so give a valid file: the model error must be the one reported.
     common::write(&dir.path().join("x.jsonl"), "{\"text\": \"hi\"}\n");
     let o = common::loratune(dir.path(), &["eval", "--model", "meta-llama/Llama-2-7b-hf", "--data", "x.jsonl"]);
     let err = common::stderr(&o);
     assert!(!o.status.success());
     assert!(err.contains("meta-llama/Llama-2-7b-hf") && err.contains("not in the local hub cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
+}
+
+#[test]
+fn init_model_takes_tokenizer_and_template_from_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let gguf = common::smollm2_gguf();
+    let out = common::init_tiny(d, "tiny", &["--tokenizer", gguf.to_str().unwrap()]);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vocab_size"], 49152, "vocabulary sized to the tokenizer");
+    assert_eq!(config["eos_token_id"], 2);
+    let loaded = model::load(&ModelSource::HfDir(out), &opts(&d.join("hub"))).unwrap();
+    // The saved tokenizer and template reproduce transformers' ids for SmolLM2's chats.
+    let fixture = common::fixture("reference_smollm2.json");
+    for case in fixture["cases"].as_array().unwrap() {
+        let rendered = case["rendered"].as_str().unwrap();
+        let special = case["kind"] != "chat";
+        let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        if case["kind"] == "prompt_completion" {
+            continue; // its ids carry an appended EOS
+        }
+        assert_eq!(loaded.tokenizer.encode(rendered, special).unwrap(), want, "{}", case["name"]);
+        if case["kind"] == "chat" {
+            let messages: Vec<loratune::chat::Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            assert_eq!(loaded.tokenizer.chat_template.as_ref().unwrap().render(&messages, false).unwrap(), rendered);
+        }
+    }
 }
