@@ -126,20 +126,22 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// interleaved RoPE; HF uses (n, 2, D/2). This maps GGUF order back to HF order.
 /// w: (n_head * D, ...) -> same shape.
 pub fn unpermute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let dims = w.dims().to_vec();
-    let rows = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    let half = rows / n_head / 2;
-    w.reshape((n_head, half, 2, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+    swap_row_groups(w, n_head, false)
 }
 
 /// The inverse of [`unpermute_rows`]: HF order -> llama.cpp order (used when writing GGUF).
 pub fn permute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    swap_row_groups(w, n_head, true)
+}
+
+/// Views each head's D rows as a (D/2, 2) grid (`to_interleaved` false) or a (2, D/2) grid
+/// (true) and transposes it.
+fn swap_row_groups(w: &Tensor, n_head: usize, to_interleaved: bool) -> candle_core::Result<Tensor> {
     let dims = w.dims().to_vec();
-    let rows = dims[0];
     let rest: usize = dims[1..].iter().product();
-    let half = rows / n_head / 2;
-    w.reshape((n_head, 2, half, rest))?.transpose(1, 2)?.contiguous()?.reshape(dims)
+    let half = dims[0] / n_head / 2;
+    let grid = if to_interleaved { (n_head, 2, half, rest) } else { (n_head, half, 2, rest) };
+    w.reshape(grid)?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
 /// Dequantizes every expected tensor to f32, undoes the q/k permutation, then converts

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::error::LoadError;
-use super::safetensors_source::{INDEX_FILE, SINGLE_FILE};
+use super::safetensors_source::{read_index, INDEX_FILE, SINGLE_FILE};
 
 #[derive(Debug, Clone)]
 pub struct HubOptions {
@@ -96,14 +96,7 @@ pub fn resolve(id: &str, opts: &HubOptions) -> Result<PathBuf, LoadError> {
 }
 
 fn shard_names(index: &Path) -> Result<Vec<String>, LoadError> {
-    let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| LoadError::Config { path: index.to_path_buf(), msg: format!("invalid JSON: {e}") })?;
-    let mut names: Vec<String> = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
-        .unwrap_or_default();
+    let mut names: Vec<String> = read_index(index)?.into_iter().map(|(_, shard)| shard).collect();
     names.sort();
     names.dedup();
     Ok(names)

@@ -28,22 +28,10 @@ impl WeightFiles {
     pub fn discover(dir: &Path) -> Result<Self, LoadError> {
         let index = dir.join(INDEX_FILE);
         if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| LoadError::io(&index, e))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| LoadError::Config { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::Config {
-                path: index.clone(),
-                msg: "no \"weight_map\" object".into(),
-            })?;
+            let names = read_index(&index)?;
             let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
-            let mut names: Vec<(String, String)> = Vec::with_capacity(map.len());
-            for (tensor, shard) in map {
-                let shard = shard.as_str().ok_or_else(|| LoadError::Config {
-                    path: index.clone(),
-                    msg: format!("weight_map[\"{tensor}\"] is not a file name"),
-                })?;
-                shard_ids.entry(shard.to_string()).or_insert(0);
-                names.push((tensor.clone(), shard.to_string()));
+            for (_, shard) in &names {
+                shard_ids.entry(shard.clone()).or_insert(0);
             }
             let mut files = Vec::with_capacity(shard_ids.len());
             for (i, (shard, id)) in shard_ids.iter_mut().enumerate() {
@@ -66,6 +54,20 @@ impl WeightFiles {
             msg: format!("no {SINGLE_FILE} or {INDEX_FILE} in this folder"),
         })
     }
+}
+
+/// The (tensor, shard file) pairs of a `model.safetensors.index.json`.
+pub fn read_index(index: &Path) -> Result<Vec<(String, String)>, LoadError> {
+    let bad = |msg: String| LoadError::Config { path: index.to_path_buf(), msg };
+    let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    map.iter()
+        .map(|(tensor, shard)| match shard.as_str() {
+            Some(s) => Ok((tensor.clone(), s.to_string())),
+            None => Err(bad(format!("weight_map[\"{tensor}\"] is not a file name"))),
+        })
+        .collect()
 }
 
 /// Loads every tensor `cfg` expects from `files`, converting to `dtype` on `device`.
