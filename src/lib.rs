@@ -17,4 +17,6 @@ pub mod tokenizer;
 pub mod model;
 pub mod encode;
 pub mod eval;
+pub mod lora;
+pub mod train;
 pub mod cli;

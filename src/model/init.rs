@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::config::{Architecture, Llama3RopeScaling, ModelConfig};
+use super::llama::{Llama, LlamaWeights};
 use super::error::LoadError;
 use super::gguf_source::{gguf_name, permute_rows};
 use super::safetensors_source::{INDEX_FILE, SINGLE_FILE};
@@ -296,4 +297,16 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), LoadError> {
 
 fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {
     crate::atomic::write_with(path, write).map_err(|e| LoadError::io(path, e))
+}
+
+/// The same deterministic random weights as `write_random_checkpoint`, built in memory
+/// (f32, on `device`) for tests and benchmarks that need no files.
+pub fn random_model(cfg: &ModelConfig, seed: u64, std: f32, device: &Device) -> Result<Llama, LoadError> {
+    let mut map = std::collections::HashMap::new();
+    for (name, shape) in cfg.expected_tensors() {
+        let t = init_tensor(&name, &shape, seed, std)?.to_device(device)?;
+        map.insert(name, t);
+    }
+    let weights = LlamaWeights::from_map(cfg, map, Path::new("<memory>"))?;
+    Ok(Llama::new(cfg.clone(), weights)?)
 }

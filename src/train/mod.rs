@@ -1,0 +1,9 @@
+//! Training: the frozen-base LoRA step and the run around it.
+//!
+//! - `ops.rs`: forward/backward pairs of each decoder operation;
+//! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
+
+pub mod ops;
+pub mod step;
+#[cfg(test)]
+mod step_tests;

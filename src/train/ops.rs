@@ -1,0 +1,235 @@
+//! The operations of the decoder as forward/backward pairs, side by side (the llm.c way).
+//!
+//! Only activation gradients flow through frozen weights: no function here ever forms
+//! a gradient for a base weight. LoRA's A and B are the only parameters, and their
+//! gradients come out of `lora_linear_backward`.
+//!
+//! Shapes: N = rows (B*T), H = hidden, I = MLP width, NH/NKV = query/kv heads, D = head
+//! dim, V = vocab, r = LoRA rank. Norm statistics, softmax and the loss are f32.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::lora::LoraPair;
+use crate::model::llama::Linear;
+
+// ---------------------------------------------------------------------------------------
+// RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
+// ---------------------------------------------------------------------------------------
+
+/// x: (N, H), w: (H,) -> (y (N, H), rstd (N, 1) f32)
+pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let xf = x.to_dtype(DType::F32)?;
+    let rstd = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let y = xf.broadcast_mul(&rstd)?.to_dtype(x.dtype())?.broadcast_mul(w)?;
+    Ok((y, rstd))
+}
+
+/// dy: (N, H), x: (N, H) the forward input, rstd: (N, 1) -> dx (N, H).
+/// With xhat = x * rstd: dx = rstd * (dy*w - xhat * mean(dy*w * xhat)).
+pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<Tensor> {
+    let g = dy.broadcast_mul(w)?.to_dtype(DType::F32)?;
+    let xhat = x.to_dtype(DType::F32)?.broadcast_mul(rstd)?;
+    let proj = (&g * &xhat)?.mean_keepdim(D::Minus1)?;
+    (g - xhat.broadcast_mul(&proj)?)?.broadcast_mul(rstd)?.to_dtype(dy.dtype())
+}
+
+// ---------------------------------------------------------------------------------------
+// RoPE (rotate-half): y = x*cos + rot(x)*sin, rot([x1, x2]) = [-x2, x1]
+// ---------------------------------------------------------------------------------------
+
+/// x: (B, NH, T, D), cos/sin: (B, 1, T, D) -> (B, NH, T, D)
+pub fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    crate::model::llama::apply_rope(x, cos, sin)
+}
+
+/// dy: (B, NH, T, D) -> dx. rot is orthogonal with rot^T([y1, y2]) = [y2, -y1], so
+/// dx = dy*cos + rot^T(dy*sin).
+pub fn rope_backward(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = dy.dim(D::Minus1)?;
+    let ds = dy.broadcast_mul(sin)?;
+    let s1 = ds.narrow(D::Minus1, 0, d / 2)?;
+    let s2 = ds.narrow(D::Minus1, d / 2, d / 2)?;
+    dy.broadcast_mul(cos)? + Tensor::cat(&[&s2, &s1.neg()?], D::Minus1)?
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention core: P = softmax(scale * Q K^T + bias), ctx = P V (GQA: K, V shared by groups)
+// ---------------------------------------------------------------------------------------
+
+/// q: (B, NH, T, D), k/v: (B, NKV, T, D), bias: (B, 1, T, T) f32
+/// -> (ctx (B, NH, T, D), probs (B, NH, T, T) f32). `probs` is what backward needs.
+pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, nh, t, d) = q.dims4()?;
+    let nkv = k.dim(1)?;
+    let rep = nh / nkv;
+    let scale = 1.0 / (d as f64).sqrt();
+    // Grouped heads as one batched matmul: (B, NKV, rep*T, D) x (B, NKV, D, T).
+    let qg = q.reshape((b, nkv, rep * t, d))?;
+    let scores = (qg.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.reshape((b, nh, t, t))?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(bias)?)?;
+    let ctx = probs.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, t))?.matmul(v)?.reshape((b, nh, t, d))?;
+    Ok((ctx, probs))
+}
+
+/// dctx: (B, NH, T, D) -> (dq (B, NH, T, D), dk (B, NKV, T, D), dv (B, NKV, T, D)).
+/// dS = P * (dP - rowsum(dP * P)); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dctx,
+/// with dK, dV summed over the query heads that share a kv head.
+pub fn attention_backward(dctx: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, probs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, nh, t, d) = q.dims4()?;
+    let nkv = k.dim(1)?;
+    let rep = nh / nkv;
+    let scale = 1.0 / (d as f64).sqrt();
+    let dt = q.dtype();
+    let pg = probs.to_dtype(dt)?.reshape((b, nkv, rep * t, t))?; // rows: (group member, query)
+    let dctx_g = dctx.reshape((b, nkv, rep * t, d))?;
+    // dV[j] = sum over group members and queries i of P[i, j] dctx[i].
+    let dv = pg.t()?.matmul(&dctx_g)?; // (B, NKV, T, D)
+    let dp = dctx_g.matmul(&v.t()?)?.to_dtype(DType::F32)?.reshape((b, nh, t, t))?;
+    let ds = (probs * dp.broadcast_sub(&(&dp * probs)?.sum_keepdim(D::Minus1)?)?)?;
+    let ds = (ds * scale)?.to_dtype(dt)?.reshape((b, nkv, rep * t, t))?;
+    let dq = ds.matmul(k)?.reshape((b, nh, t, d))?;
+    let dk = ds.t()?.matmul(&q.reshape((b, nkv, rep * t, d))?)?; // (B, NKV, T, D)
+    Ok((dq, dk, dv))
+}
+
+// ---------------------------------------------------------------------------------------
+// SwiGLU: a = silu(g) * u
+// ---------------------------------------------------------------------------------------
+
+/// g, u: (N, I) -> a (N, I)
+pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::silu(g)? * u
+}
+
+/// da: (N, I) -> (dg, du). silu'(g) = sig(g) * (1 + g * (1 - sig(g))).
+pub fn swiglu_backward(da: &Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+    let sig = candle_nn::ops::sigmoid(g)?;
+    let silu = (g * &sig)?;
+    let du = (da * &silu)?;
+    let dsilu = (&sig * ((g * (1.0 - &sig)?)? + 1.0)?)?;
+    let dg = ((da * u)? * dsilu)?;
+    Ok((dg, du))
+}
+
+// ---------------------------------------------------------------------------------------
+// Linear with an optional adapter: y = x W^T + b + s * (x' A^T) B^T, x' = dropout(x)
+// ---------------------------------------------------------------------------------------
+
+/// What a LoRA projection saves for backward: u = x' A^T (N, r) f32, and x' itself when
+/// dropout made it differ from the shared input x.
+#[derive(Debug, Clone)]
+pub struct LoraSaved {
+    pub u: Tensor,
+    pub dropped_input: Option<Tensor>,
+}
+
+/// x: (N, in) -> (y (N, out), saved). `dropout_mask`, when given, is (N, in) holding 0 or
+/// 1/(1-p) (inverted dropout, as torch does).
+pub fn lora_linear_forward(
+    x: &Tensor,
+    w: &Linear,
+    lora: Option<&LoraPair>,
+    scaling: f64,
+    dropout_mask: Option<&Tensor>,
+) -> Result<(Tensor, Option<LoraSaved>)> {
+    let mut y = x.matmul(&w.weight.t()?)?;
+    if let Some(b) = &w.bias {
+        y = y.broadcast_add(b)?;
+    }
+    let Some(p) = lora else { return Ok((y, None)) };
+    let xf = x.to_dtype(DType::F32)?;
+    let dropped = dropout_mask.map(|m| &xf * m).transpose()?;
+    let u = dropped.as_ref().unwrap_or(&xf).matmul(&p.a.t()?)?; // (N, r)
+    let delta = (u.matmul(&p.b.t()?)? * scaling)?; // (N, out)
+    let y = (y + delta.to_dtype(x.dtype())?)?;
+    Ok((y, Some(LoraSaved { u, dropped_input: dropped })))
+}
+
+/// Gradients of one adapter: dA (r, in), dB (out, r), f32.
+#[derive(Debug, Clone)]
+pub struct LoraGrad {
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+/// dy: (N, out), x: (N, in) the forward input -> (dx (N, in), adapter gradients).
+/// dx = dy W + s * ((dy B) A) * mask; dB = s * dy^T u; dA = s * (dy B)^T x'.
+pub fn lora_linear_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Linear,
+    lora: Option<(&LoraPair, &LoraSaved)>,
+    scaling: f64,
+    dropout_mask: Option<&Tensor>,
+) -> Result<(Tensor, Option<LoraGrad>)> {
+    let dx = dy.matmul(&w.weight)?; // frozen W: input gradient only
+    let Some((p, saved)) = lora else { return Ok((dx, None)) };
+    let dyf = dy.to_dtype(DType::F32)?;
+    let du = (dyf.matmul(&p.b)? * scaling)?; // (N, r)
+    let grad_b = (dyf.t()?.matmul(&saved.u)? * scaling)?; // (out, r)
+    let xin = match &saved.dropped_input {
+        Some(xd) => xd.clone(),
+        None => x.to_dtype(DType::F32)?,
+    };
+    let grad_a = du.t()?.matmul(&xin)?; // (r, in)
+    let mut dx_lora = du.matmul(&p.a)?; // (N, in)
+    if let Some(m) = dropout_mask {
+        dx_lora = (dx_lora * m)?;
+    }
+    let dt = dx.dtype();
+    let dx = (dx + dx_lora.to_dtype(dt)?)?;
+    Ok((dx, Some(LoraGrad { a: grad_a, b: grad_b })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Cross-entropy through the LM head, over target rows only, in chunks
+// ---------------------------------------------------------------------------------------
+
+/// Rows of logits materialised at once: bounds the f32 buffer to CHUNK * V floats.
+pub const HEAD_CHUNK: usize = 512;
+
+/// h: (N, H) final-normed hidden rows that predict `labels` (N,) u32; lm_head: (V, H).
+/// Returns (sum of -log p(label) as f64, dh (N, H)) where dh is the gradient of
+/// `loss_scale * sum(nll)`: callers pass 1 / (targets in the optimizer step).
+pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<(f64, Tensor)> {
+    let n = h.dim(0)?;
+    let v = lm_head.dim(0)?;
+    let mut nll = 0f64;
+    let mut dh_chunks = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = HEAD_CHUNK.min(n - start);
+        let hc = h.narrow(0, start, len)?;
+        let lab = labels.narrow(0, start, len)?;
+        let logits = hc.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?; // (n, V)
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let exp = shifted.exp()?;
+        let sum = exp.sum_keepdim(D::Minus1)?;
+        let picked = shifted.gather(&lab.unsqueeze(1)?, 1)?; // (n, 1)
+        nll += (sum.log()? - picked)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        // d nll / d logits = softmax - onehot(label)
+        let onehot = lab.unsqueeze(1)?.broadcast_eq(&Tensor::arange(0u32, v as u32, h.device())?.unsqueeze(0)?)?.to_dtype(DType::F32)?;
+        let dlogits = ((exp.broadcast_div(&sum)? - onehot)? * loss_scale)?.to_dtype(h.dtype())?;
+        dh_chunks.push(dlogits.matmul(lm_head)?); // (n, H)
+        start += len;
+    }
+    let dh = if dh_chunks.is_empty() { h.zeros_like()? } else { Tensor::cat(&dh_chunks, 0)? };
+    Ok((nll, dh))
+}
+
+/// Sum of -log p(label) without gradients (evaluation). Same chunking.
+pub fn cross_entropy_sum(h: &Tensor, lm_head: &Tensor, labels: &Tensor) -> Result<f64> {
+    let n = h.dim(0)?;
+    let mut nll = 0f64;
+    let mut start = 0;
+    while start < n {
+        let len = HEAD_CHUNK.min(n - start);
+        let logits = h.narrow(0, start, len)?.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = logp.gather(&labels.narrow(0, start, len)?.unsqueeze(1)?, 1)?;
+        nll -= picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        start += len;
+    }
+    Ok(nll)
+}
