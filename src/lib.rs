@@ -7,9 +7,13 @@
 //! - [`tokenizer`]: tokenizers (tokenizer.json or rebuilt from GGUF) and chat templates;
 //! - [`model`]: model configs, checkpoint sources (HF folder, hub cache, GGUF), the Llama-family decoder;
 //! - [`encode`]: records -> token ids and loss masks;
+//! - [`config`]: the training run's TOML configuration, validated at the edge;
 //! - [`eval`]: mean target-token loss and perplexity over a data set;
+//! - [`lora`]: adapters (A/B matrices), their init and PEFT's file format;
+//! - [`train`]: the frozen-base training step and the run around it;
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
 
+pub mod config;
 pub mod atomic;
 pub mod chat;
 pub mod data;
