@@ -3,7 +3,10 @@
 //! - `ops.rs`: forward/backward pairs of each decoder operation;
 //! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
 
+pub mod batches;
 pub mod ops;
+pub mod optimizer;
+pub mod schedule;
 pub mod step;
 #[cfg(test)]
 mod step_tests;
