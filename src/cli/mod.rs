@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod eval_cmd;
 mod init_model_cmd;
 mod progress;
+mod train_cmd;
 
 #[derive(Parser, Debug)]
 #[command(name = "loratune", version, about = "LoRA fine-tuning runner: load, evaluate and adapt Llama-family models")]
@@ -22,6 +23,8 @@ pub enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Write a checkpoint with random weights (tiny test models or full-size shapes).
     InitModel(init_model_cmd::InitModelArgs),
+    /// Train a LoRA adapter from a TOML config (or --resume a run folder).
+    Train(train_cmd::TrainArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -29,6 +32,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Eval(a) => eval_cmd::run(a),
         Command::InitModel(a) => init_model_cmd::run(a),
+        Command::Train(a) => train_cmd::run(a),
     }
 }
 

@@ -4,8 +4,11 @@
 //! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
 
 pub mod batches;
+pub mod checkpoint;
 pub mod ops;
+pub mod report;
 pub mod optimizer;
+pub mod run;
 pub mod schedule;
 pub mod step;
 #[cfg(test)]
