@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod eval_cmd;
 mod init_model_cmd;
 mod progress;
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Training throughput on a fixed job, optionally beside transformers + PEFT's.
+    Bench(bench_cmd::BenchArgs),
     /// Mean loss over the target tokens of a JSONL data set, and perplexity.
     Eval(eval_cmd::EvalArgs),
     /// Write a checkpoint with random weights (tiny test models or full-size shapes).
@@ -30,6 +33,7 @@ pub enum Command {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(a) => bench_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::InitModel(a) => init_model_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),

@@ -4,6 +4,7 @@
 //! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
 
 pub mod batches;
+pub mod bench;
 pub mod checkpoint;
 pub mod ops;
 pub mod report;

@@ -1,0 +1,420 @@
+//! `loratune bench`: training throughput on a fixed, tool-independent job, the same one
+//! `scripts/bench/peft_cpu.py` runs with transformers + PEFT (its docstring is the spec;
+//! keep the two in sync).
+//!
+//! The job: every conversation of a JSONL file rendered with the model's chat template (no
+//! generation prompt), tokenized without added special tokens and concatenated in file
+//! order; that stream cut into consecutive windows of exactly `seq_len` tokens (the tail is
+//! dropped); step s takes the `batch_size` windows (s*B + k) mod n_windows; every token is
+//! a target (the first of each window only as context, as in HF's label shift); LoRA
+//! initialised as loratune does (seed 0, B = 0); AdamW with a constant learning rate,
+//! weight decay 0, no gradient clipping; one optimizer step per batch. `warmup` steps are
+//! untimed, then `steps` are timed one by one (batch upload and mask, forward, backward,
+//! AdamW update).
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::optimizer::{AdamW, AdamWConfig};
+use super::step::{self, LoraGrads, StepOptions, TrainBatch};
+use crate::data::{self, BadRecordPolicy, DataFormat};
+use crate::encode::EncodedExample;
+use crate::lora::{LoraSpec, LoraWeights, Target};
+use crate::model::hub::HubOptions;
+use crate::model::{self, LoadOptions, ModelSource};
+use crate::tokenizer::Tokenizer;
+
+/// The adapter's init seed; PEFT's side uses torch.manual_seed(0) (a different RNG, so
+/// the A matrices differ; B = 0 on both sides makes step 0 the base model on both).
+pub const SEED: u64 = 0;
+
+/// What to run. `Default` is the documented job (SmolLM2-135M, calendar-train, CPU).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub model: String,
+    pub data: PathBuf,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub r: usize,
+    pub alpha: f64,
+    /// Sorted, no duplicates.
+    pub targets: Vec<Target>,
+    pub lr: f64,
+    pub warmup: usize,
+    pub steps: usize,
+    pub device: Device,
+    /// None: the device's default (f32 on CPU, bf16 on CUDA).
+    pub dtype: Option<DType>,
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            model: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            data: "examples/data/calendar-train.jsonl".into(),
+            seq_len: 256,
+            batch_size: 4,
+            r: 16,
+            alpha: 32.0,
+            targets: vec![Target::QProj, Target::KProj, Target::VProj, Target::OProj],
+            lr: 1e-4,
+            warmup: 2,
+            steps: 8,
+            device: Device::Cpu,
+            dtype: None,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
+/// One step as it happens (for progress lines).
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// 0-based, warmup steps included.
+    pub step: usize,
+    pub timed: bool,
+    pub loss: f64,
+    pub seconds: f64,
+    pub tokens: usize,
+}
+
+/// What a benchmark measured; serialises to the `ours` object of `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub model: String,
+    pub data: String,
+    pub device: String,
+    pub dtype: String,
+    pub seq_len: usize,
+    pub batch_size: usize,
+    pub r: usize,
+    pub alpha: f64,
+    pub targets: Vec<&'static str>,
+    pub lr: f64,
+    pub warmup: usize,
+    pub steps: usize,
+    pub gradient_checkpointing: bool,
+    pub conversations: usize,
+    /// Length of the token stream, and the sha256 of its ids as little-endian u32 (the
+    /// PEFT side computes the same, so equal hashes mean identical token streams).
+    pub stream_tokens: usize,
+    pub stream_sha256: String,
+    pub windows: usize,
+    pub lora_parameters: usize,
+    pub load_s: f64,
+    /// batch*seq_len / median timed step time.
+    pub tokens_per_s: f64,
+    /// batch*seq_len / fastest timed step.
+    pub tokens_per_s_best: f64,
+    pub step_s_median: f64,
+    pub step_s_mean: f64,
+    pub step_s_min: f64,
+    /// Every timed step, in order.
+    pub step_s: Vec<f64>,
+    /// Loss of every step, warmup included.
+    pub losses: Vec<f64>,
+    /// Step 0 (the base model, since B = 0) and the last timed step.
+    pub first_loss: f64,
+    pub last_loss: f64,
+    /// Peak resident memory of the whole process (VmHWM), MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Peak resident memory from the end of the load to the last step (VmHWM after a
+    /// reset through /proc/self/clear_refs), MiB.
+    pub train_peak_rss_mib: Option<f64>,
+    /// candle_core::utils::get_num_threads() (matmul threads; RAYON_NUM_THREADS or the cores).
+    pub threads: usize,
+    /// CANDLE_NUM_THREADS as the process saw it (the binary sets 1 when unset: see main.rs).
+    pub candle_num_threads: Option<String>,
+    /// /proc/loadavg (1, 5, 15 min) when the steps began and ended.
+    pub loadavg_start: Option<[f64; 3]>,
+    pub loadavg_end: Option<[f64; 3]>,
+    /// Cores' worth of CPU that other processes used during the timed steps (/proc/stat
+    /// busy time minus this process's), and that the hypervisor stole: how noisy the
+    /// figure is. On an otherwise idle machine both are near 0.
+    pub other_cpu_cores: Option<f64>,
+    pub steal_cores: Option<f64>,
+}
+
+/// CPU time counters in clock ticks (USER_HZ, 100 on Linux): the whole machine's busy
+/// and steal time, and this process's own (all threads).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    pub busy: u64,
+    pub steal: u64,
+    pub own: u64,
+}
+
+impl CpuTimes {
+    pub fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal ...
+        let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?;
+        let steal = *f.get(7)?;
+        let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest: Vec<&str> = me.get(me.rfind(')')? + 1..)?.split_whitespace().collect();
+        let own = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        Some(CpuTimes { busy, steal, own })
+    }
+
+    /// (other processes' cores, stolen cores) between `self` and `later`, `seconds` apart.
+    pub fn contention(self, later: CpuTimes, seconds: f64) -> (f64, f64) {
+        let ticks = 100.0 * seconds;
+        let other = later.busy.saturating_sub(self.busy).saturating_sub(later.own.saturating_sub(self.own));
+        (other as f64 / ticks, later.steal.saturating_sub(self.steal) as f64 / ticks)
+    }
+}
+
+/// The token stream: every conversation of `path`, rendered (no generation prompt),
+/// tokenized without special tokens, concatenated in file order. Returns it with the
+/// number of conversations.
+pub fn token_stream(path: &Path, tok: &Tokenizer) -> Result<(Vec<u32>, usize)> {
+    let ds = data::read_jsonl(path, Some(DataFormat::Messages), BadRecordPolicy::Error)?;
+    let mut stream = Vec::new();
+    for ex in &ds.examples {
+        let messages = ex.record.messages().expect("messages format yields conversations");
+        let rendered = tok.render_chat(messages, false).with_context(|| format!("{}:{}", path.display(), ex.line))?;
+        stream.extend(tok.encode(&rendered, false).with_context(|| format!("{}:{}", path.display(), ex.line))?);
+    }
+    Ok((stream, ds.examples.len()))
+}
+
+/// sha256 of the ids as little-endian u32, hex.
+pub fn stream_hash(stream: &[u32]) -> String {
+    let mut h = Sha256::new();
+    for id in stream {
+        h.update(id.to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Consecutive windows of exactly `seq_len` tokens; the tail shorter than one is dropped.
+pub fn windows(stream: &[u32], seq_len: usize) -> Vec<&[u32]> {
+    stream.chunks_exact(seq_len).collect()
+}
+
+/// The windows step `step` trains on: (step*batch_size + k) mod n_windows.
+pub fn step_windows(step: usize, batch_size: usize, n_windows: usize) -> Vec<usize> {
+    (0..batch_size).map(|k| (step * batch_size + k) % n_windows).collect()
+}
+
+/// A window as a training example: every token a target (position 0 only as context:
+/// TrainBatch never predicts it, as HF's shifted labels do not).
+pub fn window_example(w: &[u32]) -> EncodedExample {
+    EncodedExample { input_ids: w.to_vec(), target_mask: vec![1; w.len()], truncated: false }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A field of /proc/self/status in kB, as MiB.
+fn proc_status_mib(key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Peak resident memory so far (VmHWM), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// Resets VmHWM to the current RSS (Linux: "5" into /proc/self/clear_refs).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+pub fn loadavg() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let v: Vec<f64> = text.split_whitespace().take(3).filter_map(|s| s.parse().ok()).collect();
+    (v.len() == 3).then(|| [v[0], v[1], v[2]])
+}
+
+fn device_label(d: &Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Runs the benchmark; `progress` sees every step as it ends.
+pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result<BenchResult> {
+    anyhow::ensure!(opts.seq_len >= 2, "seq_len must be at least 2");
+    anyhow::ensure!(opts.batch_size >= 1 && opts.steps >= 1, "batch_size and steps must be at least 1");
+    anyhow::ensure!(!opts.targets.is_empty(), "no LoRA target modules");
+
+    // The data first: a bad file should fail before the model load.
+    let source = ModelSource::parse(&opts.model).with_context(|| format!("model {}", opts.model))?;
+    let hub = HubOptions::from_env();
+    let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", opts.model))?;
+    let (stream, conversations) = token_stream(&opts.data, &tokenizer)?;
+    let (s, b) = (opts.seq_len, opts.batch_size);
+    let wins = windows(&stream, s);
+    anyhow::ensure!(!wins.is_empty(), "{}: {} tokens, fewer than one window of {s}", opts.data.display(), stream.len());
+    let examples: Vec<EncodedExample> = wins.iter().map(|w| window_example(w)).collect();
+
+    let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub);
+    if let Some(d) = opts.dtype {
+        load_opts.dtype = d;
+    }
+    let t0 = Instant::now();
+    let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", opts.model))?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let model = loaded.model;
+    let pad = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
+
+    let spec = LoraSpec { r: opts.r, alpha: opts.alpha, dropout: 0.0, targets: opts.targets.clone(), use_rslora: false };
+    let mut lora = LoraWeights::init(&spec, &model.config, SEED, &opts.device)?;
+    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = AdamW::new(adam, &lora.tensors())?;
+    let step_opts = StepOptions { gradient_checkpointing: opts.gradient_checkpointing, dropout: 0.0 };
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED); // draws dropout seeds only; dropout is 0
+
+    let load_peak = peak_rss_mib();
+    let reset = reset_peak_rss();
+    let loadavg_start = loadavg();
+    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let mut cpu_start = None;
+    for step in 0..opts.warmup + opts.steps {
+        if step == opts.warmup {
+            cpu_start = CpuTimes::now().map(|c| (c, Instant::now()));
+        }
+        let rows: Vec<Vec<&EncodedExample>> = step_windows(step, b, examples.len()).into_iter().map(|i| vec![&examples[i]]).collect();
+        let t = Instant::now();
+        let batch = TrainBatch::new(&rows, pad, &opts.device)?;
+        let mut grads = LoraGrads::zeros(&lora)?;
+        let st = step::forward_backward(&model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads)?;
+        let params = opt.update(&lora.tensors(), &grads.tensors(), opts.lr)?;
+        lora.set_tensors(params.into_iter());
+        opts.device.synchronize()?;
+        let dt = t.elapsed().as_secs_f64();
+        let loss = st.nll_sum / st.num_targets as f64;
+        anyhow::ensure!(loss.is_finite(), "step {step}: the loss is {loss}");
+        let timed = step >= opts.warmup;
+        losses.push(loss);
+        if timed {
+            times.push(dt);
+        }
+        progress(&StepReport { step, timed, loss, seconds: dt, tokens: b * s });
+    }
+    let loadavg_end = loadavg();
+    let contention = cpu_start.zip(CpuTimes::now()).map(|((a, t), b)| a.contention(b, t.elapsed().as_secs_f64()));
+    let train_peak = if reset { peak_rss_mib() } else { None };
+    let peak = match (load_peak, peak_rss_mib()) {
+        (Some(a), Some(c)) => Some(a.max(c)),
+        (a, c) => a.or(c),
+    };
+
+    let step_s_median = median(&times);
+    let step_s_min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let tokens = (b * s) as f64;
+    Ok(BenchResult {
+        tool: "loratune",
+        version: env!("CARGO_PKG_VERSION"),
+        model: opts.model.clone(),
+        data: opts.data.display().to_string(),
+        device: device_label(&opts.device),
+        dtype: load_opts.dtype.as_str().to_string(),
+        seq_len: s,
+        batch_size: b,
+        r: opts.r,
+        alpha: opts.alpha,
+        targets: opts.targets.iter().map(|t| t.name()).collect(),
+        lr: opts.lr,
+        warmup: opts.warmup,
+        steps: opts.steps,
+        gradient_checkpointing: opts.gradient_checkpointing,
+        conversations,
+        stream_tokens: stream.len(),
+        stream_sha256: stream_hash(&stream),
+        windows: examples.len(),
+        lora_parameters: lora.num_parameters(),
+        load_s,
+        tokens_per_s: tokens / step_s_median,
+        tokens_per_s_best: tokens / step_s_min,
+        step_s_median,
+        step_s_mean: times.iter().sum::<f64>() / times.len() as f64,
+        step_s_min,
+        step_s: times,
+        first_loss: losses[0],
+        last_loss: *losses.last().expect("at least one step"),
+        losses,
+        peak_rss_mib: peak,
+        train_peak_rss_mib: train_peak,
+        threads: candle_core::utils::get_num_threads(),
+        candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
+        loadavg_start,
+        loadavg_end,
+        other_cpu_cores: contention.map(|c| c.0),
+        steal_cores: contention.map(|c| c.1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 23 tokens, windows of 5: 4 windows (the 3-token tail dropped); batches of 3 wrap
+    /// around the 4 windows; each window trains on its 4 next-token predictions.
+    #[test]
+    fn stream_is_cut_into_windows_and_batches_wrap_around() {
+        let stream: Vec<u32> = (0..23).collect();
+        let w = windows(&stream, 5);
+        assert_eq!(w.len(), 4);
+        assert_eq!(w[0], &[0, 1, 2, 3, 4]);
+        assert_eq!(w[3], &[15, 16, 17, 18, 19]);
+        assert_eq!(step_windows(0, 3, 4), vec![0, 1, 2]);
+        assert_eq!(step_windows(1, 3, 4), vec![3, 0, 1]);
+        assert_eq!(step_windows(2, 3, 4), vec![2, 3, 0]);
+        assert_eq!(step_windows(3, 3, 4), vec![1, 2, 3]);
+        assert_eq!(step_windows(5, 1, 4), vec![1]);
+        assert!(windows(&stream[..4], 5).is_empty());
+
+        let examples: Vec<EncodedExample> = w.iter().map(|x| window_example(x)).collect();
+        let rows: Vec<Vec<&EncodedExample>> = step_windows(1, 3, 4).into_iter().map(|i| vec![&examples[i]]).collect();
+        let batch = TrainBatch::new(&rows, 0, &Device::Cpu).unwrap();
+        assert_eq!(batch.shape, (3, 5));
+        assert_eq!(batch.num_tokens, 15);
+        assert_eq!(batch.num_targets, 3 * 4, "B * (seq_len - 1), as HF's shifted labels");
+        let ids: Vec<Vec<u32>> = batch.input_ids.to_vec2().unwrap();
+        assert_eq!(ids, vec![vec![15, 16, 17, 18, 19], vec![0, 1, 2, 3, 4], vec![5, 6, 7, 8, 9]]);
+        // Row b, position j predicts token j+1 of the same window.
+        let pred: Vec<u32> = batch.predictor_rows.to_vec1().unwrap();
+        let labels: Vec<u32> = batch.labels.to_vec1().unwrap();
+        assert_eq!(&pred[..4], &[0, 1, 2, 3]);
+        assert_eq!(&labels[..4], &[16, 17, 18, 19]);
+        assert_eq!(&pred[4..8], &[5, 6, 7, 8]);
+        assert_eq!(&labels[4..8], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn stream_hash_matches_the_python_side() {
+        // hashlib.sha256(numpy.asarray([1, 258], dtype="<u4").tobytes()).hexdigest()
+        assert_eq!(stream_hash(&[1, 258]), "fb8bbe2ad3ab5292f19bc5d75bbab9b5fbddc5a78ce47ab41b2d3d59bca08596");
+    }
+
+    #[test]
+    fn median_of_even_count_averages_the_middle_two() {
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
+}
