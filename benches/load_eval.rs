@@ -50,7 +50,7 @@ fn main() {
     let examples: Vec<_> = records.iter().map(|r| encode(&loaded.tokenizer, r, 2048).expect("encode")).collect();
     let encode_s = t.elapsed().as_secs_f64();
     let pad = loaded.tokenizer.eos_id.unwrap_or(0);
-    let s = evaluate(&loaded.model, &examples, 8, pad, |_, _| {}).expect("eval");
+    let s = evaluate(&loaded.model, None, &examples, 8, pad, |_, _| {}).expect("eval");
 
     println!("loratune  gguf load (median of 3)  {:.3} s  (min {:.3}, max {:.3})", load_times[1], load_times[0], load_times[2]);
     println!("loratune  encode 100 conversations {:.3} s", encode_s);

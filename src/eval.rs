@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor, D};
 use serde::Serialize;
 
 use crate::encode::EncodedExample;
+use crate::lora::LoraWeights;
 use crate::model::Llama;
+use crate::train::step::{forward_nll, TrainBatch};
 
 /// Rows of the LM head evaluated at once: bounds the f32 logits buffer to
 /// `HEAD_CHUNK * vocab` floats whatever the batch shape.
@@ -91,10 +93,12 @@ pub struct LossSummary {
     pub tokens_per_second: f64,
 }
 
-/// Evaluates `examples` in batches of `batch_size` (grouped by length to limit padding).
-/// `on_batch(done, total)` reports progress.
+/// Evaluates `examples` in batches of `batch_size` (grouped by length to limit padding),
+/// with `adapter` applied when given (through the training step's forward, the same code
+/// that trained it). `on_batch(done, total)` reports progress.
 pub fn evaluate(
     model: &Llama,
+    adapter: Option<&LoraWeights>,
     examples: &[EncodedExample],
     batch_size: usize,
     pad_id: u32,
@@ -107,10 +111,21 @@ pub fn evaluate(
     let batch_size = batch_size.max(1);
     for (k, chunk) in order.chunks(batch_size).enumerate() {
         let refs: Vec<&EncodedExample> = chunk.iter().map(|&i| &examples[i]).collect();
-        let batch = Batch::new(&refs, pad_id, model.device())?;
-        nll += batch_nll(model, &batch)?;
-        targets += batch.num_targets;
-        tokens += batch.num_tokens;
+        match adapter {
+            None => {
+                let batch = Batch::new(&refs, pad_id, model.device())?;
+                nll += batch_nll(model, &batch)?;
+                targets += batch.num_targets;
+                tokens += batch.num_tokens;
+            }
+            Some(lora) => {
+                let rows: Vec<Vec<&EncodedExample>> = refs.iter().map(|e| vec![*e]).collect();
+                let batch = TrainBatch::new(&rows, pad_id, model.device())?;
+                nll += forward_nll(model, lora, &batch)?;
+                targets += batch.num_targets;
+                tokens += batch.num_tokens;
+            }
+        }
         on_batch(((k + 1) * batch_size).min(examples.len()), examples.len());
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -75,7 +75,7 @@ fn check_against_fixture(loaded: &LoadedModel, fixture: &serde_json::Value) {
             problems.push(format!("{name}: target mask differs:\n ours {:?}\n ref  {:?}", enc.target_mask, want_mask));
             continue;
         }
-        let s = evaluate(&loaded.model, std::slice::from_ref(&enc), 1, pad, |_, _| {}).unwrap();
+        let s = evaluate(&loaded.model, None, std::slice::from_ref(&enc), 1, pad, |_, _| {}).unwrap();
         let want = case["loss"].as_f64().unwrap();
         assert_eq!(s.target_tokens as u64, case["n_targets"].as_u64().unwrap(), "{name}: target count");
         max_diff = max_diff.max((s.loss - want).abs());
@@ -86,7 +86,7 @@ fn check_against_fixture(loaded: &LoadedModel, fixture: &serde_json::Value) {
     }
     assert!(problems.is_empty(), "{} mismatches:\n{}", problems.len(), problems.join("\n"));
     // Batched with padding: the same numbers as one at a time.
-    let s = evaluate(&loaded.model, &all, 4, pad, |_, _| {}).unwrap();
+    let s = evaluate(&loaded.model, None, &all, 4, pad, |_, _| {}).unwrap();
     let want = fixture["batch_loss"].as_f64().unwrap();
     eprintln!(
         "{}: {} cases, max |loss - transformers| = {max_diff:.2e}, batched diff = {:.2e}",

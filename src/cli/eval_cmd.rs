@@ -16,6 +16,10 @@ pub struct EvalArgs {
     /// Base model: a Hugging Face layout folder, a hub id (org/name) or a GGUF file.
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter folder (PEFT format: adapter_model.safetensors + adapter_config.json),
+    /// e.g. a training run's output folder, applied on top of the base model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// JSONL data file(s).
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
@@ -54,6 +58,7 @@ struct FileReport {
 #[derive(Serialize)]
 struct EvalReport {
     model: ModelIdentity,
+    adapter: Option<PathBuf>,
     device: String,
     dtype: String,
     max_seq_len: usize,
@@ -116,9 +121,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
         });
     }
 
+    let adapter = match &a.adapter {
+        Some(dir) => {
+            let w = crate::lora::load_adapter(dir, &loaded.model.config, &opts.device)?;
+            eprintln!("adapter {} (r={}, alpha={}, {} tensors)", dir.display(), w.spec.r, w.spec.alpha, w.named_tensors().len());
+            Some(w)
+        }
+        None => None,
+    };
     let pad = loaded.tokenizer.pad_id.or(loaded.tokenizer.eos_id).unwrap_or(0);
     let bar = super::progress::bar(examples.len() as u64, "eval");
-    let summary = eval::evaluate(&loaded.model, &examples, a.batch_size, pad, |done, _| bar.set_position(done as u64))?;
+    let summary = eval::evaluate(&loaded.model, adapter.as_ref(), &examples, a.batch_size, pad, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
 
     println!("model        {}", loaded.identity.source);
@@ -139,6 +152,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
     let report = EvalReport {
         model: loaded.identity,
+        adapter: a.adapter.clone(),
         device: super::device_name(&opts.device),
         dtype: opts.dtype.as_str().to_string(),
         max_seq_len: a.max_seq_len,

@@ -120,19 +120,9 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Mean target-token loss of `examples` with the adapter applied (batches grouped by
-/// length; the sum over tokens is divided once, so batch size does not matter).
+/// Mean target-token loss of `examples` with the adapter applied.
 pub fn eval_loss(model: &Llama, lora: &LoraWeights, examples: &[EncodedExample], batch_size: usize, pad: u32) -> Result<f64> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].len()));
-    let (mut nll, mut n) = (0f64, 0usize);
-    for chunk in order.chunks(batch_size.max(1)) {
-        let rows: Vec<Vec<&EncodedExample>> = chunk.iter().map(|&i| vec![&examples[i]]).collect();
-        let batch = TrainBatch::new(&rows, pad, model.device())?;
-        nll += step::forward_nll(model, lora, &batch)?;
-        n += batch.num_targets;
-    }
-    Ok(nll / n.max(1) as f64)
+    Ok(crate::eval::evaluate(model, Some(lora), examples, batch_size, pad, |_, _| {})?.loss)
 }
 
 fn lora_spec(cfg: &TrainConfig) -> LoraSpec {
