@@ -2,10 +2,12 @@
 //!
 //! - `ops.rs`: forward/backward pairs of each decoder operation;
 //! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
+//! - `cpu_kernels.rs`: fused CPU loops where candle's op-by-op path is slow;
 
 pub mod batches;
 pub mod bench;
 pub mod checkpoint;
+pub mod cpu_kernels;
 pub mod ops;
 pub mod report;
 pub mod optimizer;

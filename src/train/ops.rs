@@ -9,8 +9,15 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use super::cpu_kernels::{AttentionSoftmax, AttentionSoftmaxGrad, SoftmaxCrossEntropyGrad, SwiGlu, SwiGluGradGate, SwiGluGradUp};
 use crate::lora::LoraPair;
 use crate::model::llama::Linear;
+
+/// Whether the fused CPU kernels of `cpu_kernels` apply (f32 on the CPU); other devices
+/// and dtypes take the candle-op formulation of the same math.
+fn cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
 
 // ---------------------------------------------------------------------------------------
 // RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
@@ -65,8 +72,12 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> R
     let scale = 1.0 / (d as f64).sqrt();
     // Grouped heads as one batched matmul: (B, NKV, rep*T, D) x (B, NKV, D, T).
     let qg = q.reshape((b, nkv, rep * t, d))?;
-    let scores = (qg.matmul(&k.t()?)? * scale)?.to_dtype(DType::F32)?.reshape((b, nh, t, t))?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(bias)?)?;
+    let scores = qg.matmul(&k.t()?)?.to_dtype(DType::F32)?.reshape((b, nh, t, t))?;
+    let probs = if cpu_f32(q) {
+        scores.apply_op2_no_bwd(bias, &AttentionSoftmax { scale: scale as f32 })?
+    } else {
+        candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(bias)?)?
+    };
     let ctx = probs.to_dtype(v.dtype())?.reshape((b, nkv, rep * t, t))?.matmul(v)?.reshape((b, nh, t, d))?;
     Ok((ctx, probs))
 }
@@ -85,8 +96,12 @@ pub fn attention_backward(dctx: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, pro
     // dV[j] = sum over group members and queries i of P[i, j] dctx[i].
     let dv = pg.t()?.matmul(&dctx_g)?; // (B, NKV, T, D)
     let dp = dctx_g.matmul(&v.t()?)?.to_dtype(DType::F32)?.reshape((b, nh, t, t))?;
-    let ds = (probs * dp.broadcast_sub(&(&dp * probs)?.sum_keepdim(D::Minus1)?)?)?;
-    let ds = (ds * scale)?.to_dtype(dt)?.reshape((b, nkv, rep * t, t))?;
+    let ds = if cpu_f32(q) {
+        dp.apply_op2_no_bwd(probs, &AttentionSoftmaxGrad { scale: scale as f32 })?
+    } else {
+        ((probs * dp.broadcast_sub(&(&dp * probs)?.sum_keepdim(D::Minus1)?)?)? * scale)?
+    };
+    let ds = ds.to_dtype(dt)?.reshape((b, nkv, rep * t, t))?;
     let dq = ds.matmul(k)?.reshape((b, nh, t, d))?;
     let dk = ds.t()?.matmul(&q.reshape((b, nkv, rep * t, d))?)?; // (B, NKV, T, D)
     Ok((dq, dk, dv))
@@ -98,11 +113,18 @@ pub fn attention_backward(dctx: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, pro
 
 /// g, u: (N, I) -> a (N, I)
 pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if cpu_f32(g) {
+        return g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SwiGlu);
+    }
     candle_nn::ops::silu(g)? * u
 }
 
 /// da: (N, I) -> (dg, du). silu'(g) = sig(g) * (1 + g * (1 - sig(g))).
 pub fn swiglu_backward(da: &Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+    if cpu_f32(g) {
+        let (da, g, u) = (da.contiguous()?, g.contiguous()?, u.contiguous()?);
+        return Ok((da.apply_op3_no_bwd(&g, &u, &SwiGluGradGate)?, da.apply_op2_no_bwd(&g, &SwiGluGradUp)?));
+    }
     let sig = candle_nn::ops::sigmoid(g)?;
     let silu = (g * &sig)?;
     let du = (da * &silu)?;
@@ -185,15 +207,20 @@ pub fn lora_linear_backward(
 // Cross-entropy through the LM head, over target rows only, in chunks
 // ---------------------------------------------------------------------------------------
 
-/// Rows of logits materialised at once: bounds the f32 buffer to CHUNK * V floats.
-pub const HEAD_CHUNK: usize = 512;
+/// Rows of logits materialised at once: bounds the f32 buffer to CHUNK * V floats (25 MiB
+/// for a 49k vocabulary, 64 MiB for 128k). Below 32 MiB the allocator reuses the buffer
+/// from chunk to chunk instead of asking the kernel for fresh zeroed pages each time.
+pub const HEAD_CHUNK: usize = 128;
 
 /// h: (N, H) final-normed hidden rows that predict `labels` (N,) u32; lm_head: (V, H).
 /// Returns (sum of -log p(label) as f64, dh (N, H)) where dh is the gradient of
 /// `loss_scale * sum(nll)`: callers pass 1 / (targets in the optimizer step).
+/// On the CPU in f32 the softmax, loss and logit gradient are one fused in-place pass
+/// (`cpu_kernels::SoftmaxCrossEntropyGrad`); elsewhere they are candle ops.
 pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<(f64, Tensor)> {
     let n = h.dim(0)?;
     let v = lm_head.dim(0)?;
+    let fused = cpu_f32(h);
     let mut nll = 0f64;
     let mut dh_chunks = Vec::new();
     let mut start = 0;
@@ -201,17 +228,25 @@ pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Ten
         let len = HEAD_CHUNK.min(n - start);
         let hc = h.narrow(0, start, len)?;
         let lab = labels.narrow(0, start, len)?;
-        let logits = hc.matmul(&lm_head.t()?)?.to_dtype(DType::F32)?; // (n, V)
-        let max = logits.max_keepdim(D::Minus1)?;
-        let shifted = logits.broadcast_sub(&max)?;
-        let exp = shifted.exp()?;
-        let sum = exp.sum_keepdim(D::Minus1)?;
-        let picked = shifted.gather(&lab.unsqueeze(1)?, 1)?; // (n, 1)
-        nll += (sum.log()? - picked)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-        // d nll / d logits = softmax - onehot(label)
-        let onehot = lab.unsqueeze(1)?.broadcast_eq(&Tensor::arange(0u32, v as u32, h.device())?.unsqueeze(0)?)?.to_dtype(DType::F32)?;
-        let dlogits = ((exp.broadcast_div(&sum)? - onehot)? * loss_scale)?.to_dtype(h.dtype())?;
-        dh_chunks.push(dlogits.matmul(lm_head)?); // (n, H)
+        let logits = hc.matmul(&lm_head.t()?)?; // (len, V)
+        let dlogits = if fused {
+            let op = SoftmaxCrossEntropyGrad::new(lab.to_vec1::<u32>()?, loss_scale as f32);
+            logits.inplace_op1(&op)?;
+            nll += op.nll_sum();
+            logits
+        } else {
+            let logits = logits.to_dtype(DType::F32)?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let shifted = logits.broadcast_sub(&max)?;
+            let exp = shifted.exp()?;
+            let sum = exp.sum_keepdim(D::Minus1)?;
+            let picked = shifted.gather(&lab.unsqueeze(1)?, 1)?; // (len, 1)
+            nll += (sum.log()? - picked)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            // d nll / d logits = softmax - onehot(label)
+            let onehot = lab.unsqueeze(1)?.broadcast_eq(&Tensor::arange(0u32, v as u32, h.device())?.unsqueeze(0)?)?.to_dtype(DType::F32)?;
+            ((exp.broadcast_div(&sum)? - onehot)? * loss_scale)?.to_dtype(h.dtype())?
+        };
+        dh_chunks.push(dlogits.matmul(lm_head)?); // (len, H)
         start += len;
     }
     let dh = if dh_chunks.is_empty() { h.zeros_like()? } else { Tensor::cat(&dh_chunks, 0)? };
