@@ -39,14 +39,18 @@ macro_rules! simd_dispatch {
 
 /// exp(x) in f32 to about 2 ulp, written so that it vectorizes: x = n ln2 + r with
 /// |r| <= ln2/2, exp(r) by Cephes' degree-6 polynomial, 2^n built in the exponent bits.
+/// n is rounded by adding 1.5 * 2^23 (whose ulp is 1), which leaves n in the low bits of
+/// the sum, instead of a float-to-int cast (Rust's saturating cast does not vectorize).
 /// Underflows to exactly 0 below -87.3 (as masked attention scores need).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let xc = x.clamp(-87.3, 88.7);
-    let n = (xc * LOG2E).round_ties_even();
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32;
     let p = p.mul_add(r, 1.398_199_9e-3);
@@ -55,7 +59,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 5.000_000_1e-1);
     let e = (p * r * r + r) + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     if x < -87.3 {
         0.0
     } else {
