@@ -222,45 +222,51 @@ simd_dispatch! {
     }
 }
 
-/// a = silu(g) * u; g, u: (N, I) -> a (N, I).
-pub struct SwiGlu;
+/// An element-wise CPU op over same-shaped contiguous f32 inputs (two or three), as a
+/// candle custom op: `out[i] = f(inputs[0][i], inputs[1][i], ...)`, `kernel` doing a chunk.
+pub struct ElementWise {
+    pub name: &'static str,
+    pub kernel: fn(&[&[f32]], &mut [f32]),
+}
 
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "swiglu"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (f32_data(self.name(), s1, l1)?, f32_data(self.name(), s2, l2)?);
-        Ok((CpuStorage::F32(par_map(&[g, u], swiglu_kernel)), l1.shape().clone()))
+impl ElementWise {
+    fn run(&self, inputs: &[(&CpuStorage, &Layout)]) -> Result<(CpuStorage, Shape)> {
+        let shape = inputs[0].1.shape();
+        let mut data = Vec::with_capacity(inputs.len());
+        for (s, l) in inputs {
+            if l.shape() != shape {
+                candle_core::bail!("{}: input shapes {:?} and {:?} differ", self.name, shape, l.shape());
+            }
+            data.push(f32_data(self.name, s, l)?);
+        }
+        Ok((CpuStorage::F32(par_map(&data, self.kernel)), shape.clone()))
     }
 }
 
-/// du = da * silu(g); da, g: (N, I) -> du (N, I).
-pub struct SwiGluGradUp;
-
-impl CustomOp2 for SwiGluGradUp {
+impl CustomOp2 for ElementWise {
     fn name(&self) -> &'static str {
-        "swiglu-grad-up"
+        self.name
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (da, g) = (f32_data(self.name(), s1, l1)?, f32_data(self.name(), s2, l2)?);
-        Ok((CpuStorage::F32(par_map(&[da, g], swiglu_grad_up_kernel)), l1.shape().clone()))
+        self.run(&[(s1, l1), (s2, l2)])
     }
 }
 
-/// dg = da * u * silu'(g), silu'(g) = sig(g) (1 + g (1 - sig(g))); da, g, u: (N, I) -> dg.
-pub struct SwiGluGradGate;
-
-impl CustomOp3 for SwiGluGradGate {
+impl CustomOp3 for ElementWise {
     fn name(&self) -> &'static str {
-        "swiglu-grad-gate"
+        self.name
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let n = self.name();
-        let (da, g, u) = (f32_data(n, s1, l1)?, f32_data(n, s2, l2)?, f32_data(n, s3, l3)?);
-        Ok((CpuStorage::F32(par_map(&[da, g, u], swiglu_grad_gate_kernel)), l1.shape().clone()))
+        self.run(&[(s1, l1), (s2, l2), (s3, l3)])
     }
 }
+
+/// a = silu(g) * u; (g, u): (N, I) -> a (N, I).
+pub const SWIGLU: ElementWise = ElementWise { name: "swiglu", kernel: swiglu_kernel };
+/// du = da * silu(g); (da, g) -> du.
+pub const SWIGLU_GRAD_UP: ElementWise = ElementWise { name: "swiglu-grad-up", kernel: swiglu_grad_up_kernel };
+/// dg = da * u * silu'(g), silu'(g) = sig(g) (1 + g (1 - sig(g))); (da, g, u) -> dg.
+pub const SWIGLU_GRAD_GATE: ElementWise = ElementWise { name: "swiglu-grad-gate", kernel: swiglu_grad_gate_kernel };
 
 simd_dispatch! {
     /// One row of attention: p = softmax(scale * s + bias), in place of s.
@@ -384,6 +390,57 @@ mod tests {
             }
         }
         assert!((op.nll_sum() - nll).abs() < 1e-5 * nll, "{} vs {nll}", op.nll_sum());
+    }
+
+    fn assert_close(got: &Tensor, want: &Tensor, tol: f32, what: &str) {
+        let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < tol, "{what}: max |fused - candle ops| = {d:.2e}");
+    }
+
+    #[test]
+    fn swiglu_kernels_match_candle_ops() {
+        let dev = Device::Cpu;
+        // 40,000 elements: several parallel tasks and a ragged last one; gates out to +-12.
+        let g = (Tensor::randn(0f32, 4.0, (50, 800), &dev).unwrap()).clamp(-12f32, 12f32).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (50, 800), &dev).unwrap();
+        let da = Tensor::randn(0f32, 1.0, (50, 800), &dev).unwrap();
+        let sig = candle_nn::ops::sigmoid(&g).unwrap();
+        let silu = (&g * &sig).unwrap();
+        assert_close(&g.apply_op2_no_bwd(&u, &SWIGLU).unwrap(), &(&silu * &u).unwrap(), 1e-5, "swiglu");
+        assert_close(&da.apply_op2_no_bwd(&g, &SWIGLU_GRAD_UP).unwrap(), &(&da * &silu).unwrap(), 1e-5, "grad up");
+        let dsilu = (&sig * ((&g * (1.0 - &sig).unwrap()).unwrap() + 1.0).unwrap()).unwrap();
+        let want = ((&da * &u).unwrap() * dsilu).unwrap();
+        assert_close(&da.apply_op3_no_bwd(&g, &u, &SWIGLU_GRAD_GATE).unwrap(), &want, 1e-5, "grad gate");
+        let err = g.apply_op2_no_bwd(&u.narrow(0, 0, 10).unwrap(), &SWIGLU).unwrap_err();
+        assert!(err.to_string().contains("differ"), "{err}");
+    }
+
+    #[test]
+    fn attention_softmax_and_its_gradient_match_candle_ops() {
+        let dev = Device::Cpu;
+        let (b, nh, t) = (2, 3, 37);
+        let scores = Tensor::randn(0f32, 3.0, (b, nh, t, t), &dev).unwrap();
+        // Causal, and in the second row of the batch two packed examples (split at 20).
+        let mut bias = vec![f32::MIN; b * t * t];
+        for bi in 0..b {
+            for i in 0..t {
+                let start = if bi == 1 && i >= 20 { 20 } else { 0 };
+                for j in start..=i {
+                    bias[(bi * t + i) * t + j] = 0.0;
+                }
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, 1, t, t), &dev).unwrap();
+        let scale = 0.125f32;
+        let probs = scores.apply_op2_no_bwd(&bias, &AttentionSoftmax { scale }).unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&(&scores * scale as f64).unwrap().broadcast_add(&bias).unwrap()).unwrap();
+        assert_close(&probs, &want, 1e-6, "softmax");
+        let p = probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(p[1], 0.0, "a future position gets exactly 0");
+        let dp = Tensor::randn(0f32, 1.0, (b, nh, t, t), &dev).unwrap();
+        let ds = dp.apply_op2_no_bwd(&probs, &AttentionSoftmaxGrad { scale }).unwrap();
+        let want = ((&probs * dp.broadcast_sub(&(&dp * &probs).unwrap().sum_keepdim(3).unwrap()).unwrap()).unwrap() * scale as f64).unwrap();
+        assert_close(&ds, &want, 1e-6, "softmax backward");
     }
 
     #[test]

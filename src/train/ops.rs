@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::cpu_kernels::{AttentionSoftmax, AttentionSoftmaxGrad, SoftmaxCrossEntropyGrad, SwiGlu, SwiGluGradGate, SwiGluGradUp};
+use super::cpu_kernels::{AttentionSoftmax, AttentionSoftmaxGrad, SoftmaxCrossEntropyGrad, SWIGLU, SWIGLU_GRAD_GATE, SWIGLU_GRAD_UP};
 use crate::lora::LoraPair;
 use crate::model::llama::Linear;
 
@@ -114,7 +114,7 @@ pub fn attention_backward(dctx: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, pro
 /// g, u: (N, I) -> a (N, I)
 pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if cpu_f32(g) {
-        return g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SwiGlu);
+        return g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SWIGLU);
     }
     candle_nn::ops::silu(g)? * u
 }
@@ -123,7 +123,7 @@ pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 pub fn swiglu_backward(da: &Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
     if cpu_f32(g) {
         let (da, g, u) = (da.contiguous()?, g.contiguous()?, u.contiguous()?);
-        return Ok((da.apply_op3_no_bwd(&g, &u, &SwiGluGradGate)?, da.apply_op2_no_bwd(&g, &SwiGluGradUp)?));
+        return Ok((da.apply_op3_no_bwd(&g, &u, &SWIGLU_GRAD_GATE)?, da.apply_op2_no_bwd(&g, &SWIGLU_GRAD_UP)?));
     }
     let sig = candle_nn::ops::sigmoid(g)?;
     let silu = (g * &sig)?;
