@@ -6,15 +6,9 @@
 #     with transformers loading the same folder to the GPU in the same run.
 # Writes JSON results under ${OUT:-/tmp/loratune-smoke}.
 set -euo pipefail
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+source "$(dirname "$0")/lib.sh"
 out="${OUT:-/tmp/loratune-smoke}"
 mkdir -p "$out"
-lt=dist/cuda/loratune
-if [ ! -x "$lt" ]; then
-  mkdir -p dist/cuda
-  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" dist/gpu/loratune.xz "$lt"
-  chmod +x "$lt"
-fi
 data=examples/data/calendar-sample.jsonl
 work=/tmp/loratune-smoke-models
 rm -rf "$work"; mkdir -p "$work"

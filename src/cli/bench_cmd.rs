@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// JSONL of conversations (`messages`); all of them make the token stream.
     #[arg(long, default_value = "examples/data/calendar-train.jsonl")]
     pub data: PathBuf,
+    /// Instead of --model and --data: random weights of an `init-model` preset's shape
+    /// (e.g. llama2-7b), built on the device, trained on random token ids; no files needed.
+    #[arg(long, conflicts_with_all = ["model", "data", "peer"])]
+    pub preset: Option<String>,
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     #[arg(long, default_value_t = 4)]
@@ -142,6 +146,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         model: a.model.clone(),
         data: a.data.clone(),
+        preset: a.preset.clone(),
         seq_len: a.seq_len,
         batch_size: a.batch_size,
         r: a.r,
@@ -155,8 +160,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         gradient_checkpointing: a.gradient_checkpointing,
     };
     eprintln!(
-        "loratune: {} conversations -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
-        opts.data.display(),
+        "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
+        match &opts.preset {
+            Some(p) => format!("preset {p}, random token ids"),
+            None => format!("{} conversations", opts.data.display()),
+        },
         opts.seq_len,
         opts.batch_size,
         opts.r,
@@ -215,7 +223,10 @@ fn fmt_mib(x: Option<f64>) -> String {
 
 fn print_ours(r: &BenchResult) {
     println!("model        {} ({} on {}, loaded in {:.2}s)", r.model, r.dtype, r.device, r.load_s);
-    println!("data         {}: {} conversations, {} tokens, {} windows of {}", r.data, r.conversations, r.stream_tokens, r.windows, r.seq_len);
+    match r.conversations {
+        0 => println!("data         {}: {} tokens, {} windows of {}", r.data, r.stream_tokens, r.windows, r.seq_len),
+        n => println!("data         {}: {n} conversations, {} tokens, {} windows of {}", r.data, r.stream_tokens, r.windows, r.seq_len),
+    }
     println!("lora         r={} alpha={} on {} ({} parameters)", r.r, r.alpha, r.targets.join(","), r.lora_parameters);
     println!(
         "threads      {} (CANDLE_NUM_THREADS={})",

@@ -153,7 +153,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let report = EvalReport {
         model: loaded.identity,
         adapter: a.adapter.clone(),
-        device: super::device_name(&opts.device),
+        device: crate::model::device_label(&opts.device),
         dtype: opts.dtype.as_str().to_string(),
         max_seq_len: a.max_seq_len,
         batch_size: a.batch_size,

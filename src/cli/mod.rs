@@ -57,14 +57,6 @@ pub(crate) fn parse_device(spec: &str) -> Result<Device> {
 }
 
 /// "cpu", "cuda:0", ...: the same spelling `--device` takes.
-pub(crate) fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
-
 pub(crate) fn parse_dtype(spec: &str) -> Result<DType> {
     match spec {
         "f32" | "float32" => Ok(DType::F32),

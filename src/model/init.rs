@@ -300,11 +300,17 @@ fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -
 }
 
 /// The same deterministic random weights as `write_random_checkpoint`, built in memory
-/// (f32, on `device`) for tests and benchmarks that need no files.
+/// (f32, on `device`) for tests that need no files.
 pub fn random_model(cfg: &ModelConfig, seed: u64, std: f32, device: &Device) -> Result<Llama, LoadError> {
+    random_model_as(cfg, seed, std, device, DType::F32)
+}
+
+/// As [`random_model`], each tensor converted to `dtype` before it moves to `device`, so a
+/// 7B shape needs one f32 tensor of host memory at a time (benchmarks: `bench --preset`).
+pub fn random_model_as(cfg: &ModelConfig, seed: u64, std: f32, device: &Device, dtype: DType) -> Result<Llama, LoadError> {
     let mut map = std::collections::HashMap::new();
     for (name, shape) in cfg.expected_tensors() {
-        let t = init_tensor(&name, &shape, seed, std)?.to_device(device)?;
+        let t = init_tensor(&name, &shape, seed, std)?.to_dtype(dtype)?.to_device(device)?;
         map.insert(name, t);
     }
     let weights = LlamaWeights::from_map(cfg, map, Path::new("<memory>"))?;

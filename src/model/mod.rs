@@ -13,3 +13,12 @@ pub use config::{Architecture, ModelConfig};
 pub use error::LoadError;
 pub use llama::Llama;
 pub mod init;
+
+/// A device as runs and reports name it: `cpu`, `cuda:N`, `metal:N`.
+pub fn device_label(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}

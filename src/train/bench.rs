@@ -14,7 +14,7 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -39,6 +39,9 @@ pub const SEED: u64 = 0;
 pub struct BenchOptions {
     pub model: String,
     pub data: PathBuf,
+    /// Instead of `model` and `data`: random weights of this `init-model` preset's shape,
+    /// built on the device, and random token ids.
+    pub preset: Option<String>,
     pub seq_len: usize,
     pub batch_size: usize,
     pub r: usize,
@@ -59,6 +62,7 @@ impl Default for BenchOptions {
         BenchOptions {
             model: "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
             data: "examples/data/calendar-train.jsonl".into(),
+            preset: None,
             seq_len: 256,
             batch_size: 4,
             r: 16,
@@ -248,13 +252,6 @@ pub fn loadavg() -> Option<[f64; 3]> {
     (v.len() == 3).then(|| [v[0], v[1], v[2]])
 }
 
-fn device_label(d: &Device) -> String {
-    match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
 
 /// Runs the benchmark; `progress` sees every step as it ends.
 pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result<BenchResult> {
@@ -262,25 +259,41 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     anyhow::ensure!(opts.batch_size >= 1 && opts.steps >= 1, "batch_size and steps must be at least 1");
     anyhow::ensure!(!opts.targets.is_empty(), "no LoRA target modules");
 
-    // The data first: a bad file should fail before the model load.
-    let source = ModelSource::parse(&opts.model).with_context(|| format!("model {}", opts.model))?;
-    let hub = HubOptions::from_env();
-    let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", opts.model))?;
-    let (stream, conversations) = token_stream(&opts.data, &tokenizer)?;
     let (s, b) = (opts.seq_len, opts.batch_size);
+    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::BF16 });
+    let (model, stream, conversations, pad, model_label, load_s) = match &opts.preset {
+        // A preset: random weights of that shape, random token ids; no files at all.
+        Some(name) => {
+            let cfg = crate::model::init::preset(name).with_context(|| format!("unknown preset {name} (expected one of {})", crate::model::init::PRESETS.join(", ")))?;
+            let std = crate::model::init::default_init_std(name);
+            let t0 = Instant::now();
+            let model = crate::model::init::random_model_as(&cfg, SEED, std, &opts.device, dtype)?;
+            opts.device.synchronize()?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let n = s * b * (opts.warmup + opts.steps);
+            let mut ids = ChaCha8Rng::seed_from_u64(SEED);
+            let stream: Vec<u32> = (0..n).map(|_| ids.gen_range(0..cfg.vocab_size as u32)).collect();
+            (model, stream, 0, 0, format!("preset {name} (random weights)"), load_s)
+        }
+        None => {
+            // The data first: a bad file should fail before the model load.
+            let source = ModelSource::parse(&opts.model).with_context(|| format!("model {}", opts.model))?;
+            let hub = HubOptions::from_env();
+            let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", opts.model))?;
+            let (stream, conversations) = token_stream(&opts.data, &tokenizer)?;
+            anyhow::ensure!(stream.len() >= s, "{}: {} tokens, fewer than one window of {s}", opts.data.display(), stream.len());
+            let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub);
+            load_opts.dtype = dtype;
+            let t0 = Instant::now();
+            let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", opts.model))?;
+            opts.device.synchronize()?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let pad = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
+            (loaded.model, stream, conversations, pad, opts.model.clone(), load_s)
+        }
+    };
     let wins = windows(&stream, s);
-    anyhow::ensure!(!wins.is_empty(), "{}: {} tokens, fewer than one window of {s}", opts.data.display(), stream.len());
     let examples: Vec<EncodedExample> = wins.iter().map(|w| window_example(w)).collect();
-
-    let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub);
-    if let Some(d) = opts.dtype {
-        load_opts.dtype = d;
-    }
-    let t0 = Instant::now();
-    let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", opts.model))?;
-    let load_s = t0.elapsed().as_secs_f64();
-    let model = loaded.model;
-    let pad = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
 
     let spec = LoraSpec { r: opts.r, alpha: opts.alpha, dropout: 0.0, targets: opts.targets.clone(), use_rslora: false };
     let mut lora = LoraWeights::init(&spec, &model.config, SEED, &opts.device)?;
@@ -330,10 +343,10 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     Ok(BenchResult {
         tool: "loratune",
         version: env!("CARGO_PKG_VERSION"),
-        model: opts.model.clone(),
-        data: opts.data.display().to_string(),
-        device: device_label(&opts.device),
-        dtype: load_opts.dtype.as_str().to_string(),
+        model: model_label,
+        data: if opts.preset.is_some() { "random token ids".into() } else { opts.data.display().to_string() },
+        device: model::device_label(&opts.device),
+        dtype: dtype.as_str().to_string(),
         seq_len: s,
         batch_size: b,
         r: opts.r,

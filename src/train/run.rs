@@ -226,7 +226,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", cfg.model.path))?;
     let model = loaded.model;
     let pad = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
-    println!("model   {} ({} parameters, {} on {}, loaded in {:.1}s)", loaded.identity.source, loaded.identity.num_parameters, load_opts.dtype.as_str(), device_label(&opts.device), t0.elapsed().as_secs_f64());
+    println!("model   {} ({} parameters, {} on {}, loaded in {:.1}s)", loaded.identity.source, loaded.identity.num_parameters, load_opts.dtype.as_str(), model::device_label(&opts.device), t0.elapsed().as_secs_f64());
     let mut weight_files = Vec::new();
     for p in &loaded.identity.weight_files {
         let (sha256, bytes) = batches::sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
@@ -299,7 +299,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         lora_parameters: lora.num_parameters(),
         total_steps,
         seed: cfg.train.seed,
-        device: device_label(&opts.device),
+        device: model::device_label(&opts.device),
         dtype: load_opts.dtype.as_str().to_string(),
         threads,
         started_at: first_started,
@@ -493,11 +493,4 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     Ok(RunOutcome { status, run_dir, steps: state.step, base_eval: state.base_eval, best_eval: state.best_eval, final_eval })
 }
 
-fn device_label(d: &Device) -> String {
-    match d.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-    }
-}
 

@@ -1,0 +1,9 @@
+# Sourced by the scripts in scripts/gpu/ on the GPU machine: the driver's libraries on the
+# loader path, and dist/cuda/loratune unpacked from the carried dist/gpu/loratune.xz.
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+lt=dist/cuda/loratune
+if [ ! -x "$lt" ]; then
+  mkdir -p dist/cuda
+  python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" dist/gpu/loratune.xz "$lt"
+  chmod +x "$lt"
+fi

@@ -1,0 +1,30 @@
+//! `loratune bench --preset`: random weights of a preset's shape and random token ids, no
+//! files; the JSON names the job and the first step's loss is the base model's (B = 0),
+//! about ln(vocab) for an untrained model on random ids.
+
+mod common;
+
+#[test]
+fn preset_bench_needs_no_files_and_reports_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = common::loratune(
+        d,
+        &["bench", "--preset", "tiny", "--device", "cpu", "--seq-len", "32", "--batch-size", "2", "--warmup", "1", "--steps", "2", "--json", "b.json"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stdout(&o).contains("tokens/s"), "{}", common::stdout(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("b.json")).unwrap()).unwrap();
+    let ours = &r["ours"];
+    assert_eq!(ours["model"], "preset tiny (random weights)");
+    assert_eq!(ours["stream_tokens"], 32 * 2 * 3);
+    assert_eq!(ours["step_s"].as_array().unwrap().len(), 2);
+    assert!(ours["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let first = ours["first_loss"].as_f64().unwrap();
+    let ln_vocab = (320f64).ln();
+    assert!((first - ln_vocab).abs() < 1.0, "step-0 loss {first} vs ln(320) = {ln_vocab:.3}");
+
+    let o = common::loratune(d, &["bench", "--preset", "no-such-model", "--device", "cpu"]);
+    assert!(!o.status.success());
+    assert!(common::stderr(&o).contains("unknown preset no-such-model"), "{}", common::stderr(&o));
+}
