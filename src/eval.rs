@@ -111,21 +111,20 @@ pub fn evaluate(
     let batch_size = batch_size.max(1);
     for (k, chunk) in order.chunks(batch_size).enumerate() {
         let refs: Vec<&EncodedExample> = chunk.iter().map(|&i| &examples[i]).collect();
-        match adapter {
+        let (batch_sum, batch_targets, batch_tokens) = match adapter {
             None => {
                 let batch = Batch::new(&refs, pad_id, model.device())?;
-                nll += batch_nll(model, &batch)?;
-                targets += batch.num_targets;
-                tokens += batch.num_tokens;
+                (batch_nll(model, &batch)?, batch.num_targets, batch.num_tokens)
             }
             Some(lora) => {
                 let rows: Vec<Vec<&EncodedExample>> = refs.iter().map(|e| vec![*e]).collect();
                 let batch = TrainBatch::new(&rows, pad_id, model.device())?;
-                nll += forward_nll(model, lora, &batch)?;
-                targets += batch.num_targets;
-                tokens += batch.num_tokens;
+                (forward_nll(model, lora, &batch)?, batch.num_targets, batch.num_tokens)
             }
-        }
+        };
+        nll += batch_sum;
+        targets += batch_targets;
+        tokens += batch_tokens;
         on_batch(((k + 1) * batch_size).min(examples.len()), examples.len());
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -252,7 +252,6 @@ pub fn loadavg() -> Option<[f64; 3]> {
     (v.len() == 3).then(|| [v[0], v[1], v[2]])
 }
 
-
 /// Runs the benchmark; `progress` sees every step as it ends.
 pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result<BenchResult> {
     anyhow::ensure!(opts.seq_len >= 2, "seq_len must be at least 2");
@@ -260,7 +259,12 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     anyhow::ensure!(!opts.targets.is_empty(), "no LoRA target modules");
 
     let (s, b) = (opts.seq_len, opts.batch_size);
-    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::BF16 });
+    let hub = HubOptions::from_env();
+    let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub.clone());
+    if let Some(d) = opts.dtype {
+        load_opts.dtype = d;
+    }
+    let dtype = load_opts.dtype;
     let (model, stream, conversations, pad, model_label, load_s) = match &opts.preset {
         // A preset: random weights of that shape, random token ids; no files at all.
         Some(name) => {
@@ -278,12 +282,9 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
         None => {
             // The data first: a bad file should fail before the model load.
             let source = ModelSource::parse(&opts.model).with_context(|| format!("model {}", opts.model))?;
-            let hub = HubOptions::from_env();
             let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", opts.model))?;
             let (stream, conversations) = token_stream(&opts.data, &tokenizer)?;
             anyhow::ensure!(stream.len() >= s, "{}: {} tokens, fewer than one window of {s}", opts.data.display(), stream.len());
-            let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub);
-            load_opts.dtype = dtype;
             let t0 = Instant::now();
             let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", opts.model))?;
             opts.device.synchronize()?;
