@@ -24,6 +24,27 @@ fn preset_bench_needs_no_files_and_reports_the_job() {
     let ln_vocab = (320f64).ln();
     assert!((first - ln_vocab).abs() < 1.0, "step-0 loss {first} vs ln(320) = {ln_vocab:.3}");
 
+    assert!(ours["profile"].is_null(), "no profile unless asked");
+
+    // --profile: every operation of the step appears, with its calls per step (tiny: 2 layers).
+    let o = common::loratune(
+        d,
+        &["bench", "--preset", "tiny", "--device", "cpu", "--seq-len", "32", "--batch-size", "2", "--warmup", "1", "--steps", "2", "--profile", "--json", "p.json"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stdout(&o).contains("attention fwd"), "{}", common::stdout(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("p.json")).unwrap()).unwrap();
+    let regions = r["ours"]["profile"].as_array().unwrap();
+    let calls = |name: &str| regions.iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("no region {name}: {regions:?}"))["calls"].as_u64().unwrap();
+    assert_eq!(calls("attention fwd"), 2);
+    assert_eq!(calls("attention bwd"), 2);
+    assert_eq!(calls("q_proj fwd"), 2);
+    assert_eq!(calls("rms_norm fwd"), 4);
+    assert_eq!(calls("final norm + lm head + loss"), 1);
+    assert_eq!(calls("optimizer (AdamW)"), 1);
+    let secs: Vec<f64> = regions.iter().map(|x| x["seconds"].as_f64().unwrap()).collect();
+    assert!(secs.windows(2).all(|w| w[0] >= w[1]), "largest first: {secs:?}");
+
     let o = common::loratune(d, &["bench", "--preset", "no-such-model", "--device", "cpu"]);
     assert!(!o.status.success());
     assert!(common::stderr(&o).contains("unknown preset no-such-model"), "{}", common::stderr(&o));

@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Keep only each layer's input and recompute it in backward (both sides).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Also time every operation of the timed steps and print where a step's time goes
+    /// (synchronizes the device around each one, so the steps themselves run slower).
+    #[arg(long)]
+    pub profile: bool,
     /// Also run the same job with transformers + PEFT (CPU only) and compare.
     #[arg(long, value_enum, default_value_t = Peer::None)]
     pub peer: Peer,
@@ -158,6 +162,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         device,
         dtype,
         gradient_checkpointing: a.gradient_checkpointing,
+        profile: a.profile,
     };
     eprintln!(
         "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
@@ -242,6 +247,13 @@ fn print_ours(r: &BenchResult) {
     println!("memory       peak RSS {} (training only: {})", fmt_mib(r.peak_rss_mib), fmt_mib(r.train_peak_rss_mib));
     println!("load avg     {} at the first step, {} after the last", fmt_la(r.loadavg_start), fmt_la(r.loadavg_end));
     println!("contention   {} (CPU used by other processes + stolen, during the timed steps)", fmt_cores(r.other_cpu_cores, r.steal_cores));
+    if let Some(regions) = &r.profile {
+        let total: f64 = regions.iter().map(|x| x.seconds).sum();
+        println!("profile      per timed step, each region between device synchronizations ({:.3} s in all):", total);
+        for x in regions {
+            println!("  {:<28} {:>9.2} ms {:>5.1}%  {:>5} calls", x.name, 1e3 * x.seconds, 100.0 * x.seconds / total, x.calls);
+        }
+    }
 }
 
 fn run_peer(python: &Path, script: &Path, a: &BenchArgs, ours: &BenchResult) -> Result<Value> {

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::optimizer::{AdamW, AdamWConfig};
+use super::profile::{timed, Profiler, RegionTime};
 use super::step::{self, LoraGrads, StepOptions, TrainBatch};
 use crate::data::{self, BadRecordPolicy, DataFormat};
 use crate::encode::EncodedExample;
@@ -55,6 +56,8 @@ pub struct BenchOptions {
     /// None: the device's default (f32 on CPU, bf16 on CUDA).
     pub dtype: Option<DType>,
     pub gradient_checkpointing: bool,
+    /// Time every operation of the timed steps (synchronizing around each: slower steps).
+    pub profile: bool,
 }
 
 impl Default for BenchOptions {
@@ -74,6 +77,7 @@ impl Default for BenchOptions {
             device: Device::Cpu,
             dtype: None,
             gradient_checkpointing: false,
+            profile: false,
         }
     }
 }
@@ -146,6 +150,10 @@ pub struct BenchResult {
     /// figure is. On an otherwise idle machine both are near 0.
     pub other_cpu_cores: Option<f64>,
     pub steal_cores: Option<f64>,
+    /// With `profile`: time per timed step of each region of the step, largest first
+    /// (`seconds` and `calls` per step). Profiled steps synchronize the device around every
+    /// region, so they run slower than the throughput above says.
+    pub profile: Option<Vec<RegionTime>>,
 }
 
 /// CPU time counters in clock ticks (USER_HZ, 100 on Linux): the whole machine's busy
@@ -308,16 +316,19 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let loadavg_start = loadavg();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut cpu_start = None;
+    let profiler = opts.profile.then(|| Profiler::new(&opts.device));
     for step in 0..opts.warmup + opts.steps {
         if step == opts.warmup {
             cpu_start = CpuTimes::now().map(|c| (c, Instant::now()));
         }
         let rows: Vec<Vec<&EncodedExample>> = step_windows(step, b, examples.len()).into_iter().map(|i| vec![&examples[i]]).collect();
+        // Only timed steps are profiled, so the profile describes the same steps.
+        let prof = profiler.as_ref().filter(|_| step >= opts.warmup);
         let t = Instant::now();
-        let batch = TrainBatch::new(&rows, pad, &opts.device)?;
-        let mut grads = LoraGrads::zeros(&lora)?;
-        let st = step::forward_backward(&model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads)?;
-        let params = opt.update(&lora.tensors(), &grads.tensors(), opts.lr)?;
+        let batch = timed(prof, "batch upload", || TrainBatch::new(&rows, pad, &opts.device))?;
+        let mut grads = timed(prof, "lora grad accumulate", || LoraGrads::zeros(&lora))?;
+        let st = step::forward_backward_profiled(&model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads, prof)?;
+        let params = timed(prof, "optimizer (AdamW)", || opt.update(&lora.tensors(), &grads.tensors(), opts.lr))?;
         lora.set_tensors(params.into_iter());
         opts.device.synchronize()?;
         let dt = t.elapsed().as_secs_f64();
@@ -380,6 +391,9 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
         loadavg_end,
         other_cpu_cores: contention.map(|c| c.0),
         steal_cores: contention.map(|c| c.1),
+        profile: profiler.map(|p| {
+            p.report().into_iter().map(|r| RegionTime { seconds: r.seconds / opts.steps as f64, calls: r.calls / opts.steps, ..r }).collect()
+        }),
     })
 }
 

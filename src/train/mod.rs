@@ -3,6 +3,7 @@
 //! - `ops.rs`: forward/backward pairs of each decoder operation;
 //! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
 //! - `cpu_kernels.rs`: fused CPU loops where candle's op-by-op path is slow;
+//! - `profile.rs`: per-operation timing of the step (`bench --profile`);
 
 pub mod batches;
 pub mod bench;
@@ -11,6 +12,7 @@ pub mod cpu_kernels;
 pub mod ops;
 pub mod report;
 pub mod optimizer;
+pub mod profile;
 pub mod run;
 pub mod schedule;
 pub mod step;

@@ -13,6 +13,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::ops::{self, LoraGrad, LoraSaved};
+use super::profile::{timed, Profiler};
 use crate::encode::EncodedExample;
 use crate::lora::{LayerLora, LoraWeights, Target};
 use crate::model::llama::LayerWeights;
@@ -136,7 +137,13 @@ pub struct StepContext<'a> {
     pub shape: (usize, usize),
     pub scaling: f64,
     pub dropout: f64,
+    /// Times each operation when set (`bench --profile`).
+    pub profiler: Option<&'a Profiler>,
 }
+
+/// Profile region names of the projections, in `Target::index` order.
+const LINEAR_FWD: [&str; 7] = ["q_proj fwd", "k_proj fwd", "v_proj fwd", "o_proj fwd", "gate_proj fwd", "up_proj fwd", "down_proj fwd"];
+const LINEAR_BWD: [&str; 7] = ["q_proj bwd", "k_proj bwd", "v_proj bwd", "o_proj bwd", "gate_proj bwd", "up_proj bwd", "down_proj bwd"];
 
 /// Per-layer adapter gradients, indexed like `LayerLora::pairs`.
 #[derive(Debug, Clone, Default)]
@@ -218,25 +225,29 @@ pub fn layer_forward(
     let mut saved: [Option<LoraSaved>; 7] = Default::default();
     let mut proj = |target: Target, w: &crate::model::llama::Linear, input: &Tensor| -> Result<Tensor> {
         let i = target.index();
-        let (y, s) = ops::lora_linear_forward(input, w, lora.get(target), ctx.scaling, masks[i].as_ref())?;
+        let (y, s) = timed(ctx.profiler, LINEAR_FWD[i], || ops::lora_linear_forward(input, w, lora.get(target), ctx.scaling, masks[i].as_ref()))?;
         saved[i] = s;
         Ok(y)
     };
 
-    let (h_attn, rstd_attn) = ops::rms_norm_forward(x, &w.input_layernorm, cfg.rms_norm_eps)?;
-    let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
-    let q = ops::rope_forward(&heads(proj(Target::QProj, &w.self_attn.q_proj, &h_attn)?, nh)?, &ctx.cos, &ctx.sin)?;
-    let k = ops::rope_forward(&heads(proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?, nkv)?, &ctx.cos, &ctx.sin)?;
+    let p = ctx.profiler;
+    let (h_attn, rstd_attn) = timed(p, "rms_norm fwd", || ops::rms_norm_forward(x, &w.input_layernorm, cfg.rms_norm_eps))?;
+    let heads = |y: Tensor, n: usize| timed(p, "head layout", || y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous());
+    let rope = |y: Tensor| timed(p, "rope fwd", || ops::rope_forward(&y, &ctx.cos, &ctx.sin));
+    let q = rope(heads(proj(Target::QProj, &w.self_attn.q_proj, &h_attn)?, nh)?)?;
+    let k = rope(heads(proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?, nkv)?)?;
     let v = heads(proj(Target::VProj, &w.self_attn.v_proj, &h_attn)?, nkv)?;
-    let (attn, probs) = ops::attention_forward(&q, &k, &v, ctx.bias)?;
-    let attn = attn.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * d))?;
-    let x_mid = (x + proj(Target::OProj, &w.self_attn.o_proj, &attn)?)?;
+    let (attn, probs) = timed(p, "attention fwd", || ops::attention_forward(&q, &k, &v, ctx.bias))?;
+    let attn = timed(p, "head layout", || attn.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * d)))?;
+    let o = proj(Target::OProj, &w.self_attn.o_proj, &attn)?;
+    let x_mid = timed(p, "residual add", || x + o)?;
 
-    let (h_mlp, rstd_mlp) = ops::rms_norm_forward(&x_mid, &w.post_attention_layernorm, cfg.rms_norm_eps)?;
+    let (h_mlp, rstd_mlp) = timed(p, "rms_norm fwd", || ops::rms_norm_forward(&x_mid, &w.post_attention_layernorm, cfg.rms_norm_eps))?;
     let gate = proj(Target::GateProj, &w.mlp.gate_proj, &h_mlp)?;
     let up = proj(Target::UpProj, &w.mlp.up_proj, &h_mlp)?;
-    let act = ops::swiglu_forward(&gate, &up)?;
-    let out = (&x_mid + proj(Target::DownProj, &w.mlp.down_proj, &act)?)?;
+    let act = timed(p, "swiglu fwd", || ops::swiglu_forward(&gate, &up))?;
+    let down = proj(Target::DownProj, &w.mlp.down_proj, &act)?;
+    let out = timed(p, "residual add", || &x_mid + down)?;
     let acts = save.then(|| LayerActs {
         x: x.clone(),
         rstd_attn,
@@ -266,30 +277,37 @@ pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: 
     let mut proj_back = |target: Target, w: &crate::model::llama::Linear, dy: &Tensor, input: &Tensor| -> Result<Tensor> {
         let i = target.index();
         let pair = lora.get(target).zip(a.lora[i].as_ref());
-        let (dx, g) = ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref())?;
+        let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref()))?;
         grads[i] = g;
         Ok(dx)
     };
 
+    let p = ctx.profiler;
     // MLP half: out = x_mid + down(swiglu(gate(h), up(h))), h = norm(x_mid)
-    let act = ops::swiglu_forward(&a.gate, &a.up)?;
+    let act = timed(p, "swiglu fwd (recompute)", || ops::swiglu_forward(&a.gate, &a.up))?;
     let dact = proj_back(Target::DownProj, &w.mlp.down_proj, dout, &act)?;
-    let (dgate, dup) = ops::swiglu_backward(&dact, &a.gate, &a.up)?;
-    let dh_mlp = (proj_back(Target::GateProj, &w.mlp.gate_proj, &dgate, &a.h_mlp)? + proj_back(Target::UpProj, &w.mlp.up_proj, &dup, &a.h_mlp)?)?;
-    let dx_mid = (dout + ops::rms_norm_backward(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp)?)?;
+    let (dgate, dup) = timed(p, "swiglu bwd", || ops::swiglu_backward(&dact, &a.gate, &a.up))?;
+    let dh_gate = proj_back(Target::GateProj, &w.mlp.gate_proj, &dgate, &a.h_mlp)?;
+    let dh_up = proj_back(Target::UpProj, &w.mlp.up_proj, &dup, &a.h_mlp)?;
+    let dh_mlp = timed(p, "residual add", || dh_gate + dh_up)?;
+    let dnorm = timed(p, "rms_norm bwd", || ops::rms_norm_backward(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp))?;
+    let dx_mid = timed(p, "residual add", || dout + dnorm)?;
 
     // Attention half: x_mid = x + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x)
     let dattn = proj_back(Target::OProj, &w.self_attn.o_proj, &dx_mid, &a.ctx)?;
-    let dattn = dattn.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous()?;
-    let (dq, dk, dv) = ops::attention_backward(&dattn, &a.q, &a.k, &a.v, &a.probs)?;
-    let rows = |y: Tensor, n: usize| y.transpose(1, 2)?.contiguous()?.reshape((b * t, n * d));
-    let dq = rows(ops::rope_backward(&dq, &ctx.cos, &ctx.sin)?, nh)?;
-    let dk = rows(ops::rope_backward(&dk, &ctx.cos, &ctx.sin)?, nkv)?;
+    let dattn = timed(p, "head layout", || dattn.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous())?;
+    let (dq, dk, dv) = timed(p, "attention bwd", || ops::attention_backward(&dattn, &a.q, &a.k, &a.v, &a.probs))?;
+    let rows = |y: Tensor, n: usize| timed(p, "head layout", || y.transpose(1, 2)?.contiguous()?.reshape((b * t, n * d)));
+    let rope_back = |y: &Tensor| timed(p, "rope bwd", || ops::rope_backward(y, &ctx.cos, &ctx.sin));
+    let dq = rows(rope_back(&dq)?, nh)?;
+    let dk = rows(rope_back(&dk)?, nkv)?;
     let dv = rows(dv, nkv)?;
-    let dh_attn = (proj_back(Target::QProj, &w.self_attn.q_proj, &dq, &a.h_attn)?
-        + proj_back(Target::KProj, &w.self_attn.k_proj, &dk, &a.h_attn)?
-        + proj_back(Target::VProj, &w.self_attn.v_proj, &dv, &a.h_attn)?)?;
-    let dx = (dx_mid + ops::rms_norm_backward(&dh_attn, &a.x, &w.input_layernorm, &a.rstd_attn)?)?;
+    let dh_q = proj_back(Target::QProj, &w.self_attn.q_proj, &dq, &a.h_attn)?;
+    let dh_k = proj_back(Target::KProj, &w.self_attn.k_proj, &dk, &a.h_attn)?;
+    let dh_v = proj_back(Target::VProj, &w.self_attn.v_proj, &dv, &a.h_attn)?;
+    let dh_attn = timed(p, "residual add", || (dh_q + dh_k)? + dh_v)?;
+    let dnorm = timed(p, "rms_norm bwd", || ops::rms_norm_backward(&dh_attn, &a.x, &w.input_layernorm, &a.rstd_attn))?;
+    let dx = timed(p, "residual add", || dx_mid + dnorm)?;
     Ok((dx, grads))
 }
 
@@ -311,9 +329,9 @@ pub struct StepStats {
     pub num_tokens: usize,
 }
 
-fn step_context<'a>(model: &'a Llama, lora: &LoraWeights, batch: &'a TrainBatch, dropout: f64) -> Result<StepContext<'a>> {
+fn step_context<'a>(model: &'a Llama, lora: &LoraWeights, batch: &'a TrainBatch, dropout: f64, profiler: Option<&'a Profiler>) -> Result<StepContext<'a>> {
     let (cos, sin) = model.rope.cos_sin(&batch.positions, model.dtype())?;
-    Ok(StepContext { cfg: &model.config, bias: &batch.bias, cos, sin, shape: batch.shape, scaling: lora.scaling, dropout })
+    Ok(StepContext { cfg: &model.config, bias: &batch.bias, cos, sin, shape: batch.shape, scaling: lora.scaling, dropout, profiler })
 }
 
 fn embed(model: &Llama, batch: &TrainBatch) -> Result<Tensor> {
@@ -332,12 +350,28 @@ pub fn forward_backward(
     rng: &mut ChaCha8Rng,
     grads: &mut LoraGrads,
 ) -> Result<StepStats> {
-    let ctx = step_context(model, lora, batch, opts.dropout)?;
+    forward_backward_profiled(model, lora, batch, loss_scale, opts, rng, grads, None)
+}
+
+/// [`forward_backward`], timing each operation into `profiler` when given (recomputed
+/// layers count under the forward regions).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward_profiled(
+    model: &Llama,
+    lora: &LoraWeights,
+    batch: &TrainBatch,
+    loss_scale: f64,
+    opts: StepOptions,
+    rng: &mut ChaCha8Rng,
+    grads: &mut LoraGrads,
+    profiler: Option<&Profiler>,
+) -> Result<StepStats> {
+    let ctx = step_context(model, lora, batch, opts.dropout, profiler)?;
     let n_layers = model.weights.layers.len();
     let seeds: Vec<u64> = (0..n_layers).map(|_| rng.next_u64()).collect();
 
     // Forward, keeping per layer either the activations or (checkpointing) the input.
-    let mut x = embed(model, batch)?;
+    let mut x = timed(profiler, "embed", || embed(model, batch))?;
     let mut inputs = Vec::with_capacity(n_layers);
     let mut saved = Vec::with_capacity(n_layers);
     for (l, w) in model.weights.layers.iter().enumerate() {
@@ -354,11 +388,13 @@ pub fn forward_backward(
     if batch.num_targets == 0 {
         return Ok(stats);
     }
-    let rows = x.index_select(&batch.predictor_rows, 0)?; // (n, H)
-    let (hn, rstd) = ops::rms_norm_forward(&rows, &model.weights.norm, model.config.rms_norm_eps)?;
-    let (nll_sum, dhn) = ops::cross_entropy_forward_backward(&hn, &model.weights.lm_head, &batch.labels, loss_scale)?;
-    let drows = ops::rms_norm_backward(&dhn, &rows, &model.weights.norm, &rstd)?;
-    let mut dx = x.zeros_like()?.index_add(&batch.predictor_rows, &drows, 0)?; // (N, H)
+    let (nll_sum, mut dx) = timed(profiler, "final norm + lm head + loss", || {
+        let rows = x.index_select(&batch.predictor_rows, 0)?; // (n, H)
+        let (hn, rstd) = ops::rms_norm_forward(&rows, &model.weights.norm, model.config.rms_norm_eps)?;
+        let (nll_sum, dhn) = ops::cross_entropy_forward_backward(&hn, &model.weights.lm_head, &batch.labels, loss_scale)?;
+        let drows = ops::rms_norm_backward(&dhn, &rows, &model.weights.norm, &rstd)?;
+        Ok((nll_sum, x.zeros_like()?.index_add(&batch.predictor_rows, &drows, 0)?)) // dx: (N, H)
+    })?;
     drop(x);
 
     for l in (0..n_layers).rev() {
@@ -368,7 +404,7 @@ pub fn forward_backward(
             None => layer_forward(&ctx, w, &lora.layers[l], &inputs[l], seeds[l], true)?.1.expect("saved when asked"),
         };
         let (dprev, g) = layer_backward(&ctx, w, &lora.layers[l], &acts, &dx)?;
-        grads.accumulate(l, g)?;
+        timed(profiler, "lora grad accumulate", || grads.accumulate(l, g))?;
         dx = dprev;
     }
     Ok(StepStats { nll_sum, ..stats })
@@ -379,7 +415,7 @@ pub fn forward_nll(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Res
     if batch.num_targets == 0 {
         return Ok(0.0);
     }
-    let ctx = step_context(model, lora, batch, 0.0)?;
+    let ctx = step_context(model, lora, batch, 0.0, None)?;
     let mut x = embed(model, batch)?;
     for (l, w) in model.weights.layers.iter().enumerate() {
         x = layer_forward(&ctx, w, &lora.layers[l], &x, 0, false)?.0;
