@@ -308,7 +308,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let mut lora = LoraWeights::init(&spec, &model.config, SEED, &opts.device)?;
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut opt = AdamW::new(adam, &lora.tensors())?;
-    let step_opts = StepOptions { gradient_checkpointing: opts.gradient_checkpointing, dropout: 0.0 };
+    let step_opts = StepOptions { gradient_checkpointing: opts.gradient_checkpointing, dropout: 0.0, profiler: None };
     let mut rng = ChaCha8Rng::seed_from_u64(SEED); // draws dropout seeds only; dropout is 0
 
     let load_peak = peak_rss_mib();
@@ -327,7 +327,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
         let t = Instant::now();
         let batch = timed(prof, "batch upload", || TrainBatch::new(&rows, pad, &opts.device))?;
         let mut grads = timed(prof, "lora grad accumulate", || LoraGrads::zeros(&lora))?;
-        let st = step::forward_backward_profiled(&model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads, prof)?;
+        let st = step::forward_backward(&model, &lora, &batch, 1.0 / batch.num_targets as f64, StepOptions { profiler: prof, ..step_opts }, &mut rng, &mut grads)?;
         let params = timed(prof, "optimizer (AdamW)", || opt.update(&lora.tensors(), &grads.tensors(), opts.lr))?;
         lora.set_tensors(params.into_iter());
         opts.device.synchronize()?;

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+#[derive(Debug)]
 pub struct Profiler {
     device: Device,
     /// name -> (seconds, calls)

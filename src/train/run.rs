@@ -343,7 +343,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
 
     let reporter = Reporter::new(total_steps, state.step, cfg.train.log_every);
     let mut loader = Loader::new(plan, &lens, state.position);
-    let step_opts = StepOptions { gradient_checkpointing: cfg.train.gradient_checkpointing, dropout: cfg.lora.dropout };
+    let step_opts = StepOptions { gradient_checkpointing: cfg.train.gradient_checkpointing, dropout: cfg.lora.dropout, profiler: None };
     let mut status = RunStatus::Completed;
     let mut last_eval_step = state.evals.last().map(|e| e.step);
     let session_start_step = state.step;

@@ -313,11 +313,14 @@ pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: 
 
 /// How the step runs.
 #[derive(Debug, Clone, Copy)]
-pub struct StepOptions {
+pub struct StepOptions<'a> {
     /// Keep only each layer's input and recompute the layer during backward.
     pub gradient_checkpointing: bool,
     /// LoRA dropout probability (0 disables it).
     pub dropout: f64,
+    /// Times each operation when set (`bench --profile`); recomputed layers count under
+    /// the forward regions.
+    pub profiler: Option<&'a Profiler>,
 }
 
 /// Result of one forward/backward over a micro-batch.
@@ -350,22 +353,7 @@ pub fn forward_backward(
     rng: &mut ChaCha8Rng,
     grads: &mut LoraGrads,
 ) -> Result<StepStats> {
-    forward_backward_profiled(model, lora, batch, loss_scale, opts, rng, grads, None)
-}
-
-/// [`forward_backward`], timing each operation into `profiler` when given (recomputed
-/// layers count under the forward regions).
-#[allow(clippy::too_many_arguments)]
-pub fn forward_backward_profiled(
-    model: &Llama,
-    lora: &LoraWeights,
-    batch: &TrainBatch,
-    loss_scale: f64,
-    opts: StepOptions,
-    rng: &mut ChaCha8Rng,
-    grads: &mut LoraGrads,
-    profiler: Option<&Profiler>,
-) -> Result<StepStats> {
+    let profiler = opts.profiler;
     let ctx = step_context(model, lora, batch, opts.dropout, profiler)?;
     let n_layers = model.weights.layers.len();
     let seeds: Vec<u64> = (0..n_layers).map(|_| rng.next_u64()).collect();

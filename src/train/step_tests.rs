@@ -52,7 +52,7 @@ fn mean_loss(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> f64 {
 fn analytic(model: &Llama, lora: &LoraWeights, batch: &TrainBatch, checkpointing: bool) -> (f64, Vec<Tensor>) {
     let mut grads = LoraGrads::zeros(lora).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let opts = StepOptions { gradient_checkpointing: checkpointing, dropout: 0.0 };
+    let opts = StepOptions { gradient_checkpointing: checkpointing, dropout: 0.0, profiler: None };
     let stats = forward_backward(model, lora, batch, 1.0 / batch.num_targets as f64, opts, &mut rng, &mut grads).unwrap();
     (stats.nll_sum / batch.num_targets as f64, grads.tensors())
 }
@@ -211,7 +211,7 @@ fn dropout_masks_are_reproduced_when_recomputing() {
     let run = |ckpt: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let opts = StepOptions { gradient_checkpointing: ckpt, dropout: 0.3 };
+        let opts = StepOptions { gradient_checkpointing: ckpt, dropout: 0.3, profiler: None };
         let s = forward_backward(&model, &lora, &batch, 1.0, opts, &mut rng, &mut grads).unwrap();
         (s.nll_sum, grads.tensors().iter().map(flat).collect::<Vec<_>>())
     };
