@@ -11,6 +11,7 @@
 //! - [`eval`]: mean target-token loss and perplexity over a data set;
 //! - [`lora`]: adapters (A/B matrices), their init and PEFT's file format;
 //! - [`train`]: the frozen-base training step and the run around it;
+//! - [`gpu`]: opening a CUDA device for training and reading its peak memory;
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
 
 pub mod config;
@@ -23,4 +24,5 @@ pub mod encode;
 pub mod eval;
 pub mod lora;
 pub mod train;
+pub mod gpu;
 pub mod cli;

@@ -44,13 +44,13 @@ pub fn run() -> Result<()> {
 pub(crate) fn parse_device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() { Device::new_cuda(0)? } else { Device::Cpu }),
+        "auto" => Ok(if candle_core::utils::cuda_is_available() { crate::gpu::open_cuda(0)? } else { Device::Cpu }),
         s if s == "cuda" || s.starts_with("cuda:") => {
             if !candle_core::utils::cuda_is_available() {
                 bail!("device \"{s}\" requested but this loratune was built without CUDA (rebuild with --features cuda)");
             }
             let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().context("device ordinal")?.unwrap_or(0);
-            Ok(Device::new_cuda(ordinal)?)
+            Ok(crate::gpu::open_cuda(ordinal)?)
         }
         other => bail!("unknown device \"{other}\" (expected auto, cpu, cuda or cuda:N)"),
     }
