@@ -9,6 +9,8 @@ pub mod batches;
 pub mod bench;
 pub mod checkpoint;
 pub mod cpu_kernels;
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod ops;
 pub mod report;
 pub mod optimizer;
