@@ -39,7 +39,8 @@ fn preset_bench_needs_no_files_and_reports_the_job() {
     assert_eq!(calls("attention fwd"), 2);
     assert_eq!(calls("attention bwd"), 2);
     assert_eq!(calls("q_proj fwd"), 2);
-    assert_eq!(calls("rms_norm fwd"), 4);
+    assert_eq!(calls("rms_norm fwd"), 2);
+    assert_eq!(calls("residual add + rms_norm fwd"), 2);
     assert_eq!(calls("final norm + lm head + loss"), 1);
     assert_eq!(calls("optimizer (AdamW)"), 1);
     let secs: Vec<f64> = regions.iter().map(|x| x["seconds"].as_f64().unwrap()).collect();

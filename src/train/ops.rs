@@ -19,12 +19,45 @@ fn cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
+/// Whether the CUDA kernels of `cuda_kernels` apply (bf16 on a CUDA device, in a build
+/// with the `cuda` feature).
+pub fn cuda_bf16(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::BF16
+}
+
+#[cfg(feature = "cuda")]
+use super::cuda_kernels as cuda;
+
+/// Stand-ins so the CUDA branches type-check in builds without CUDA; `cuda_bf16` is
+/// false there, so none of these runs.
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use candle_core::{bail, Result, Tensor};
+    const NO_CUDA: &str = "loratune was built without the cuda feature";
+    pub fn rms_norm_forward(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn rms_norm_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> { bail!("{NO_CUDA}") }
+    pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: bool) -> Result<Tensor> { bail!("{NO_CUDA}") }
+    pub fn swiglu_forward(_: &Tensor, _: &Tensor) -> Result<Tensor> { bail!("{NO_CUDA}") }
+    pub fn swiglu_backward(_: Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn cross_entropy(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn matmul_accumulate(_: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<()> { bail!("{NO_CUDA}") }
+    pub fn add(_: &Tensor, _: &Tensor) -> Result<Tensor> { bail!("{NO_CUDA}") }
+    pub fn add_rms_norm_forward(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn flash_supported(_: usize) -> bool { false }
+    pub fn flash_attention_forward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: super::AttnShape) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: super::AttnShape) -> Result<(Tensor, Tensor, Tensor)> { bail!("{NO_CUDA}") }
+}
+
 // ---------------------------------------------------------------------------------------
 // RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
 // ---------------------------------------------------------------------------------------
 
 /// x: (N, H), w: (H,) -> (y (N, H), rstd (N, 1) f32)
 pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    if cuda_bf16(x) {
+        return cuda::rms_norm_forward(x, w, eps);
+    }
     let xf = x.to_dtype(DType::F32)?;
     let rstd = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     let y = xf.broadcast_mul(&rstd)?.to_dtype(x.dtype())?.broadcast_mul(w)?;
@@ -38,6 +71,34 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> 
     let xhat = x.to_dtype(DType::F32)?.broadcast_mul(rstd)?;
     let proj = (&g * &xhat)?.mean_keepdim(D::Minus1)?;
     (g - xhat.broadcast_mul(&proj)?)?.broadcast_mul(rstd)?.to_dtype(dy.dtype())
+}
+
+/// a + b (the residual stream); one vectorized kernel on CUDA.
+pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cuda_bf16(a) && a.dims() == b.dims() && a.elem_count() % 8 == 0 && a.is_contiguous() && b.is_contiguous() {
+        return cuda::add(a, b);
+    }
+    a + b
+}
+
+/// (s = a + b, rms_norm(s), rstd): the residual add and the norm that reads it, one pass
+/// on CUDA.
+pub fn add_rms_norm_forward(a: &Tensor, b: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    if cuda_bf16(a) && a.is_contiguous() && b.is_contiguous() {
+        return cuda::add_rms_norm_forward(a, b, w, eps);
+    }
+    let s = (a + b)?;
+    let (y, rstd) = rms_norm_forward(&s, w, eps)?;
+    Ok((s, y, rstd))
+}
+
+/// `dres + rms_norm_backward(dy, ..)`: the norm's input gradient joined with the residual
+/// stream's, one kernel on CUDA.
+pub fn rms_norm_backward_add(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, dres: &Tensor) -> Result<Tensor> {
+    if cuda_bf16(x) {
+        return cuda::rms_norm_backward(dy, x, w, rstd, Some(dres));
+    }
+    dres + rms_norm_backward(dy, x, w, rstd)?
 }
 
 // ---------------------------------------------------------------------------------------
@@ -108,6 +169,93 @@ pub fn attention_backward(dctx: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, pro
 }
 
 // ---------------------------------------------------------------------------------------
+// The attention block between the projections: RoPE on q and k, the attention core, on
+// token rows (N, heads*D). On CUDA in bf16 it is the flash kernels (no (T, T) tensor, no
+// head transposes); elsewhere the head-layout candle path above.
+// ---------------------------------------------------------------------------------------
+
+/// B rows of T tokens, NH query heads and NKV kv heads of dim D.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub d: usize,
+}
+
+/// Which keys each query sees: `kstart` (B*T,) u32 (query i sees kstart[i]..=i) for the
+/// flash kernels, the equivalent (B, 1, T, T) additive bias for the unfused path.
+pub struct AttnMask<'a> {
+    pub kstart: &'a Tensor,
+    pub bias: &'a dyn Fn() -> Result<Tensor>,
+}
+
+/// What attention keeps for backward.
+#[derive(Debug)]
+pub enum AttnSaved {
+    /// Unfused: post-RoPE q (B, NH, T, D), k and v (B, NKV, T, D), probs (B, NH, T, T) f32.
+    Probs { q: Tensor, k: Tensor, v: Tensor, probs: Tensor },
+    /// Flash: post-RoPE q (N, NH*D), k and v (N, NKV*D), the output o (N, NH*D) and the
+    /// softmax log-normaliser lse (B, NH, T) f32.
+    Flash { q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor },
+}
+
+impl AttnSaved {
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        match self {
+            AttnSaved::Probs { q, k, v, probs } => vec![q, k, v, probs],
+            AttnSaved::Flash { q, k, v, o: _, lse } => vec![q, k, v, lse], // o is the saved ctx
+        }
+    }
+}
+
+/// Whether attention on `x`'s device and dtype runs the flash kernels.
+pub fn uses_flash(x: &Tensor, head_dim: usize) -> bool {
+    cuda_bf16(x) && cuda::flash_supported(head_dim)
+}
+
+/// qp: (N, NH*D), kp/vp: (N, NKV*D) projections; cos/sin: (B, 1, T, D)
+/// -> (ctx (N, NH*D), saved).
+pub fn attention_block_forward(qp: &Tensor, kp: &Tensor, vp: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttnMask, s: AttnShape) -> Result<(Tensor, AttnSaved)> {
+    let n = s.b * s.t;
+    if uses_flash(qp, s.d) {
+        let (cos, sin) = (cos.reshape((n, s.d))?, sin.reshape((n, s.d))?);
+        let q = cuda::rope(&qp.contiguous()?, &cos, &sin, s.d, false)?;
+        let k = cuda::rope(&kp.contiguous()?, &cos, &sin, s.d, false)?;
+        let v = vp.contiguous()?;
+        let (o, lse) = cuda::flash_attention_forward(&q, &k, &v, mask.kstart, s)?;
+        return Ok((o.clone(), AttnSaved::Flash { q, k, v, o, lse }));
+    }
+    let heads = |y: &Tensor, h: usize| y.reshape((s.b, s.t, h, s.d))?.transpose(1, 2)?.contiguous();
+    let q = rope_forward(&heads(qp, s.nh)?, cos, sin)?;
+    let k = rope_forward(&heads(kp, s.nkv)?, cos, sin)?;
+    let v = heads(vp, s.nkv)?;
+    let (ctx, probs) = attention_forward(&q, &k, &v, &(mask.bias)()?)?;
+    let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((n, s.nh * s.d))?;
+    Ok((ctx, AttnSaved::Probs { q, k, v, probs }))
+}
+
+/// dctx: (N, NH*D) -> (dqp (N, NH*D), dkp (N, NKV*D), dvp (N, NKV*D)), gradients of the
+/// projections' outputs.
+pub fn attention_block_backward(dctx: &Tensor, saved: &AttnSaved, cos: &Tensor, sin: &Tensor, mask: &AttnMask, s: AttnShape) -> Result<(Tensor, Tensor, Tensor)> {
+    let n = s.b * s.t;
+    match saved {
+        AttnSaved::Flash { q, k, v, o, lse } => {
+            let (dq, dk, dv) = cuda::flash_attention_backward(&dctx.contiguous()?, q, k, v, o, lse, mask.kstart, s)?;
+            let (cos, sin) = (cos.reshape((n, s.d))?, sin.reshape((n, s.d))?);
+            Ok((cuda::rope(&dq, &cos, &sin, s.d, true)?, cuda::rope(&dk, &cos, &sin, s.d, true)?, dv))
+        }
+        AttnSaved::Probs { q, k, v, probs } => {
+            let dctx = dctx.reshape((s.b, s.t, s.nh, s.d))?.transpose(1, 2)?.contiguous()?;
+            let (dq, dk, dv) = attention_backward(&dctx, q, k, v, probs)?;
+            let rows = |y: Tensor, h: usize| y.transpose(1, 2)?.contiguous()?.reshape((n, h * s.d));
+            Ok((rows(rope_backward(&dq, cos, sin)?, s.nh)?, rows(rope_backward(&dk, cos, sin)?, s.nkv)?, rows(dv, s.nkv)?))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // SwiGLU: a = silu(g) * u
 // ---------------------------------------------------------------------------------------
 
@@ -116,15 +264,23 @@ pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if cpu_f32(g) {
         return g.contiguous()?.apply_op2_no_bwd(&u.contiguous()?, &SWIGLU);
     }
+    if cuda_bf16(g) {
+        return cuda::swiglu_forward(&g.contiguous()?, &u.contiguous()?);
+    }
     candle_nn::ops::silu(g)? * u
 }
 
-/// da: (N, I) -> (dg, du). silu'(g) = sig(g) * (1 + g * (1 - sig(g))).
-pub fn swiglu_backward(da: &Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+/// da: (N, I) -> (dg, du). silu'(g) = sig(g) * (1 + g * (1 - sig(g))). Takes `da` by
+/// value: the CUDA kernel writes dg over it.
+pub fn swiglu_backward(da: Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
     if cpu_f32(g) {
         let (da, g, u) = (da.contiguous()?, g.contiguous()?, u.contiguous()?);
         return Ok((da.apply_op3_no_bwd(&g, &u, &SWIGLU_GRAD_GATE)?, da.apply_op2_no_bwd(&g, &SWIGLU_GRAD_UP)?));
     }
+    if cuda_bf16(g) {
+        return cuda::swiglu_backward(da, &g.contiguous()?, &u.contiguous()?);
+    }
+    let da = &da;
     let sig = candle_nn::ops::sigmoid(g)?;
     let silu = (g * &sig)?;
     let du = (da * &silu)?;
@@ -159,6 +315,15 @@ pub fn lora_linear_forward(
         y = y.broadcast_add(b)?;
     }
     let Some(p) = lora else { return Ok((y, None)) };
+    if cuda_bf16(x) && dropout_mask.is_none() {
+        // bf16 compute on f32 master weights (as PEFT under autocast); the scaling is folded
+        // into the bf16 copy of B, so u is saved unscaled as on the f32 path.
+        let a = p.a.to_dtype(DType::BF16)?;
+        let b_scaled = (&p.b * scaling)?.to_dtype(DType::BF16)?;
+        let u = x.matmul(&a.t()?)?; // (N, r)
+        cuda::matmul_accumulate(&y, &u, &b_scaled, true)?; // y += u (sB)^T
+        return Ok((y, Some(LoraSaved { u, dropped_input: None })));
+    }
     let xf = x.to_dtype(DType::F32)?;
     let dropped = dropout_mask.map(|m| &xf * m).transpose()?;
     let u = dropped.as_ref().unwrap_or(&xf).matmul(&p.a.t()?)?; // (N, r)
@@ -174,18 +339,46 @@ pub struct LoraGrad {
     pub b: Tensor,
 }
 
-/// dy: (N, out), x: (N, in) the forward input -> (dx (N, in), adapter gradients).
+/// dy: (N, out), x: (N, in) the forward input (needed only with an adapter, for dA; None
+/// saves recomputing it) -> (dx (N, in), adapter gradients).
 /// dx = dy W + s * ((dy B) A) * mask; dB = s * dy^T u; dA = s * (dy B)^T x'.
+/// With `acc` (the input gradient of other projections of the same input x), dx is added
+/// to it: on CUDA inside the GEMMs (beta = 1), so no separate sum pass.
 pub fn lora_linear_backward(
     dy: &Tensor,
-    x: &Tensor,
+    x: Option<&Tensor>,
     w: &Linear,
     lora: Option<(&LoraPair, &LoraSaved)>,
     scaling: f64,
     dropout_mask: Option<&Tensor>,
+    acc: Option<Tensor>,
 ) -> Result<(Tensor, Option<LoraGrad>)> {
+    let fused = cuda_bf16(dy) && dropout_mask.is_none() && lora.is_none_or(|(_, s)| s.u.dtype() == DType::BF16);
+    if fused {
+        let dx = match acc {
+            Some(acc) => {
+                cuda::matmul_accumulate(&acc, &dy.contiguous()?, &w.weight, false)?;
+                acc
+            }
+            None => dy.matmul(&w.weight)?, // frozen W: input gradient only
+        };
+        let Some((p, saved)) = lora else { return Ok((dx, None)) };
+        let x = x.ok_or_else(|| candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into()))?;
+        let a = p.a.to_dtype(DType::BF16)?;
+        let b_scaled = (&p.b * scaling)?.to_dtype(DType::BF16)?;
+        let du = dy.matmul(&b_scaled)?; // (N, r) = s * dy B
+        let grad_b = (dy.t()?.matmul(&saved.u)?.to_dtype(DType::F32)? * scaling)?; // (out, r)
+        let grad_a = du.t()?.matmul(x)?.to_dtype(DType::F32)?; // (r, in)
+        cuda::matmul_accumulate(&dx, &du, &a, false)?;
+        return Ok((dx, Some(LoraGrad { a: grad_a, b: grad_b })));
+    }
     let dx = dy.matmul(&w.weight)?; // frozen W: input gradient only
+    let dx = match acc {
+        Some(acc) => (acc + dx)?,
+        None => dx,
+    };
     let Some((p, saved)) = lora else { return Ok((dx, None)) };
+    let x = x.ok_or_else(|| candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into()))?;
     let dyf = dy.to_dtype(DType::F32)?;
     let du = (dyf.matmul(&p.b)? * scaling)?; // (N, r)
     let grad_b = (dyf.t()?.matmul(&saved.u)? * scaling)?; // (out, r)
@@ -218,6 +411,9 @@ pub const HEAD_CHUNK: usize = 128;
 /// On the CPU in f32 the softmax, loss and logit gradient are one fused in-place pass
 /// (`cpu_kernels::SoftmaxCrossEntropyGrad`); elsewhere they are candle ops.
 pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<(f64, Tensor)> {
+    if cuda_bf16(h) {
+        return cross_entropy_cuda(h, lm_head, labels, loss_scale);
+    }
     let n = h.dim(0)?;
     let v = lm_head.dim(0)?;
     let fused = cpu_f32(h);
@@ -251,6 +447,32 @@ pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Ten
     }
     let dh = if dh_chunks.is_empty() { h.zeros_like()? } else { Tensor::cat(&dh_chunks, 0)? };
     Ok((nll, dh))
+}
+
+/// Rows per logits chunk on CUDA: 1024 x 32k-vocab bf16 logits are 64 MiB (plus as much
+/// for their gradient), large enough to keep the LM-head matmuls efficient.
+pub const CUDA_HEAD_CHUNK: usize = 1024;
+
+/// The CUDA form of `cross_entropy_forward_backward`: bf16 logits per chunk, one fused
+/// kernel for loss and logit gradient, and one host synchronization for the loss sum.
+fn cross_entropy_cuda(h: &Tensor, lm_head: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<(f64, Tensor)> {
+    let n = h.dim(0)?;
+    let mut nll_rows = Vec::new();
+    let mut dh_chunks = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = CUDA_HEAD_CHUNK.min(n - start);
+        let logits = h.narrow(0, start, len)?.matmul(&lm_head.t()?)?; // (len, V)
+        let (nll, dlogits) = cuda::cross_entropy(&logits, &labels.narrow(0, start, len)?.contiguous()?, loss_scale)?;
+        nll_rows.push(nll);
+        dh_chunks.push(dlogits.matmul(lm_head)?); // (len, H)
+        start += len;
+    }
+    if dh_chunks.is_empty() {
+        return Ok((0.0, h.zeros_like()?));
+    }
+    let nll = Tensor::cat(&nll_rows, 0)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    Ok((nll, Tensor::cat(&dh_chunks, 0)?))
 }
 
 /// Sum of -log p(label) without gradients (evaluation). Same chunking.

@@ -44,6 +44,24 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(t);
         let mut out = Vec::with_capacity(params.len());
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
+            #[cfg(feature = "cuda")]
+            if p.device().is_cuda() && p.dtype() == DType::F32 {
+                // One fused kernel per tensor instead of a dozen element-wise passes.
+                let step = super::cuda_kernels::AdamWStep {
+                    lr: lr as f32,
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    eps: c.eps as f32,
+                    weight_decay: c.weight_decay as f32,
+                    bc1: bc1 as f32,
+                    bc2_sqrt: bc2.sqrt() as f32,
+                };
+                let (p, m, v) = super::cuda_kernels::adamw(p, &g.contiguous()?, &self.exp_avg[i], &self.exp_avg_sq[i], step)?;
+                out.push(p);
+                self.exp_avg[i] = m;
+                self.exp_avg_sq[i] = v;
+                continue;
+            }
             let m = ((&self.exp_avg[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
             let v = ((&self.exp_avg_sq[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let p = if c.weight_decay > 0.0 { (p * (1.0 - lr * c.weight_decay))? } else { p.clone() };
@@ -83,13 +101,14 @@ impl AdamW {
     }
 }
 
-/// The global L2 norm of all gradients (f64).
+/// The global L2 norm of all gradients (f64). The per-tensor sums stay on the device and
+/// are read back once (one synchronization, not one per tensor).
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads {
-        sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    if grads.is_empty() {
+        return Ok(0.0);
     }
-    Ok(sq.sqrt())
+    let sums = grads.iter().map(|g| g.to_dtype(DType::F64)?.sqr()?.sum_all()).collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&sums, 0)?.sum_all()?.to_scalar::<f64>()?.sqrt())
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (torch's

@@ -26,8 +26,13 @@ use crate::model::{Llama, ModelConfig};
 pub struct TrainBatch {
     /// (B, T) u32
     pub input_ids: Tensor,
-    /// (B, 1, T, T) f32 additive attention bias: 0 where allowed, f32::MIN elsewhere.
-    pub bias: Tensor,
+    /// (B*T,) u32 for each query the first key it may attend to (the start of its example);
+    /// it attends to keys kstart[i] ..= i. The flash kernels read this instead of a mask.
+    pub kstart: Tensor,
+    kstart_host: Vec<u32>,
+    /// The same mask as a (B, 1, T, T) f32 additive bias (0 allowed, f32::MIN not), built
+    /// on first use: only the unfused attention path needs it, and it is O(T^2).
+    bias: std::sync::OnceLock<Tensor>,
     /// (B, T) f32 position of each token within its own example.
     pub positions: Tensor,
     /// (n,) u32 flat indices b*T + j of rows whose next token is a target.
@@ -41,6 +46,21 @@ pub struct TrainBatch {
 }
 
 impl TrainBatch {
+    /// (B, 1, T, T) f32 additive attention bias, built from `kstart` on first use.
+    pub fn bias(&self) -> Result<&Tensor> {
+        if let Some(b) = self.bias.get() {
+            return Ok(b);
+        }
+        let (b, t) = self.shape;
+        let mut bias = vec![f32::MIN; b * t * t];
+        for (at, &ks) in self.kstart_host.iter().enumerate() {
+            let i = at % t;
+            bias[at * t + ks as usize..=at * t + i].fill(0.0);
+        }
+        let tensor = Tensor::from_vec(bias, (b, 1, t, t), self.kstart.device())?;
+        Ok(self.bias.get_or_init(|| tensor))
+    }
+
     /// `rows[b]` lists the examples packed into row b (one each without packing).
     pub fn new(rows: &[Vec<&EncodedExample>], pad_id: u32, device: &Device) -> Result<Self> {
         let b = rows.len();
@@ -67,27 +87,21 @@ impl TrainBatch {
                 num_tokens += e.len();
             }
         }
-        let mut bias = vec![f32::MIN; b * t * t];
+        // Query i sees keys kstart[i] <= j <= i: its own example's prefix. Padding queries
+        // see only themselves, so their softmax rows stay finite.
+        let mut kstart = vec![0u32; b * t];
         for bi in 0..b {
             for i in 0..t {
-                let si = segment[bi * t + i];
-                // Padding queries attend to themselves only, so their rows stay finite.
-                if si == 0 {
-                    bias[(bi * t + i) * t + i] = 0.0;
-                    continue;
-                }
-                for j in (0..=i).rev() {
-                    if segment[bi * t + j] != si {
-                        break;
-                    }
-                    bias[(bi * t + i) * t + j] = 0.0;
-                }
+                let at = bi * t + i;
+                kstart[at] = if segment[at] == 0 || i == 0 || segment[at - 1] != segment[at] { i as u32 } else { kstart[at - 1] };
             }
         }
         let n = pred_rows.len();
         Ok(TrainBatch {
             input_ids: Tensor::from_vec(ids, (b, t), device)?,
-            bias: Tensor::from_vec(bias, (b, 1, t, t), device)?,
+            kstart: Tensor::from_vec(kstart.clone(), b * t, device)?,
+            kstart_host: kstart,
+            bias: std::sync::OnceLock::new(),
             positions: Tensor::from_vec(pos, (b, t), device)?,
             predictor_rows: Tensor::from_vec(pred_rows, n, device)?,
             labels: Tensor::from_vec(labels, n, device)?,
@@ -103,22 +117,22 @@ impl TrainBatch {
 pub struct LayerActs {
     /// (N, H) the layer input (residual stream).
     pub x: Tensor,
-    /// (N, 1) f32 and (N, H): input_layernorm's 1/rms and output (input of q, k, v).
+    /// (N, 1) f32 and (N, H): input_layernorm's 1/rms and output (input of q, k, v). On
+    /// CUDA the output is not kept but recomputed in backward (one cheap fused pass), which
+    /// saves 2 of each layer's ~15 activation bytes per hidden unit.
     pub rstd_attn: Tensor,
-    pub h_attn: Tensor,
-    /// Post-RoPE queries (B, NH, T, D) and keys (B, NKV, T, D); values (B, NKV, T, D).
-    pub q: Tensor,
-    pub k: Tensor,
-    pub v: Tensor,
-    /// (B, NH, T, T) f32 attention probabilities.
-    pub probs: Tensor,
+    pub h_attn: Option<Tensor>,
+    /// Post-RoPE q and k, v, and what the attention core needs (probabilities, or the
+    /// flash kernels' log-normaliser).
+    pub attn: ops::AttnSaved,
     /// (N, NH*D) attention output before o_proj.
     pub ctx: Tensor,
     /// (N, H) residual stream after attention.
     pub x_mid: Tensor,
-    /// (N, 1) f32 and (N, H): post_attention_layernorm's 1/rms and output.
+    /// (N, 1) f32 and (N, H): post_attention_layernorm's 1/rms and output (recomputed on
+    /// CUDA, as above).
     pub rstd_mlp: Tensor,
-    pub h_mlp: Tensor,
+    pub h_mlp: Option<Tensor>,
     /// (N, I) gate pre-activation and up projection; silu(gate)*up is recomputed.
     pub gate: Tensor,
     pub up: Tensor,
@@ -127,10 +141,10 @@ pub struct LayerActs {
     pub masks: [Option<Tensor>; 7],
 }
 
-/// What the step needs besides weights: the batch's attention bias and rotary tables.
+/// What the step needs besides weights: the batch's attention mask and rotary tables.
 pub struct StepContext<'a> {
     pub cfg: &'a ModelConfig,
-    pub bias: &'a Tensor,
+    pub batch: &'a TrainBatch,
     /// (B, 1, T, D) each.
     pub cos: Tensor,
     pub sin: Tensor,
@@ -139,6 +153,14 @@ pub struct StepContext<'a> {
     pub dropout: f64,
     /// Times each operation when set (`bench --profile`).
     pub profiler: Option<&'a Profiler>,
+}
+
+impl StepContext<'_> {
+    fn attn_shape(&self) -> ops::AttnShape {
+        let (b, t) = self.shape;
+        let c = self.cfg;
+        ops::AttnShape { b, t, nh: c.num_attention_heads, nkv: c.num_key_value_heads, d: c.head_dim }
+    }
 }
 
 /// Profile region names of the projections, in `Target::index` order.
@@ -155,33 +177,46 @@ pub struct LayerGrads {
 #[derive(Debug, Clone)]
 pub struct LoraGrads {
     pub layers: Vec<LayerGrads>,
+    /// Whether a layer has received gradients yet (until then it holds zeros).
+    touched: Vec<bool>,
 }
 
 impl LoraGrads {
     pub fn zeros(lora: &LoraWeights) -> Result<Self> {
-        let layers = lora
+        let layers: Vec<LayerGrads> = lora
             .layers
             .iter()
             .map(|l| {
                 let mut g = LayerGrads::default();
                 for (slot, p) in g.pairs.iter_mut().zip(&l.pairs) {
                     if let Some(p) = p {
-                        *slot = Some(LoraGrad { a: p.a.zeros_like()?, b: p.b.zeros_like()? });
+                        // Zeros as stride-0 views of one scalar: no memory until the first
+                        // micro-batch's gradients replace them (7B: 64 MiB at r16 qkvo).
+                        let zero = Tensor::zeros((), p.a.dtype(), p.a.device())?;
+                        *slot = Some(LoraGrad { a: zero.broadcast_as(p.a.shape())?, b: zero.broadcast_as(p.b.shape())? });
                     }
                 }
                 Ok(g)
             })
             .collect::<Result<_>>()?;
-        Ok(LoraGrads { layers })
+        let touched = vec![false; layers.len()];
+        Ok(LoraGrads { layers, touched })
     }
 
     fn accumulate(&mut self, layer: usize, g: [Option<LoraGrad>; 7]) -> Result<()> {
+        let fresh = !self.touched[layer];
         for (acc, new) in self.layers[layer].pairs.iter_mut().zip(g) {
             if let (Some(acc), Some(new)) = (acc.as_mut(), new) {
-                acc.a = (&acc.a + new.a)?;
-                acc.b = (&acc.b + new.b)?;
+                // The first micro-batch's gradients replace the zeros (no add pass).
+                if fresh {
+                    *acc = new;
+                } else {
+                    acc.a = (&acc.a + new.a)?;
+                    acc.b = (&acc.b + new.b)?;
+                }
             }
         }
+        self.touched[layer] = true;
         Ok(())
     }
 
@@ -209,18 +244,31 @@ fn dropout_masks(lora: &LayerLora, cfg: &ModelConfig, rows: usize, p: f64, seed:
     Ok(masks)
 }
 
-/// One decoder layer forward. x: (N, H) -> (N, H), and the activations when `save`.
+/// What a layer forward is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerMode {
+    /// The output only (evaluation, or checkpointing's first pass).
+    Output,
+    /// The output and the activations backward needs.
+    Train,
+    /// The activations only (checkpointing's recomputation in backward): the MLP's down
+    /// projection, whose output backward never reads, runs only when it has an adapter.
+    Recompute,
+}
+
+/// One decoder layer forward. x: (N, H) -> (out (N, H) unless `Recompute`, activations
+/// unless `Output`).
 pub fn layer_forward(
     ctx: &StepContext,
     w: &LayerWeights,
     lora: &LayerLora,
     x: &Tensor,
     dropout_seed: u64,
-    save: bool,
-) -> Result<(Tensor, Option<LayerActs>)> {
+    mode: LayerMode,
+) -> Result<(Option<Tensor>, Option<LayerActs>)> {
+    let save = mode != LayerMode::Output;
     let cfg = ctx.cfg;
     let (b, t) = ctx.shape;
-    let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let masks = dropout_masks(lora, cfg, b * t, ctx.dropout, dropout_seed, x.device())?;
     let mut saved: [Option<LoraSaved>; 7] = Default::default();
     let mut proj = |target: Target, w: &crate::model::llama::Linear, input: &Tensor| -> Result<Tensor> {
@@ -232,82 +280,109 @@ pub fn layer_forward(
 
     let p = ctx.profiler;
     let (h_attn, rstd_attn) = timed(p, "rms_norm fwd", || ops::rms_norm_forward(x, &w.input_layernorm, cfg.rms_norm_eps))?;
-    let heads = |y: Tensor, n: usize| timed(p, "head layout", || y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous());
-    let rope = |y: Tensor| timed(p, "rope fwd", || ops::rope_forward(&y, &ctx.cos, &ctx.sin));
-    let q = rope(heads(proj(Target::QProj, &w.self_attn.q_proj, &h_attn)?, nh)?)?;
-    let k = rope(heads(proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?, nkv)?)?;
-    let v = heads(proj(Target::VProj, &w.self_attn.v_proj, &h_attn)?, nkv)?;
-    let (attn, probs) = timed(p, "attention fwd", || ops::attention_forward(&q, &k, &v, ctx.bias))?;
-    let attn = timed(p, "head layout", || attn.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * d)))?;
+    let qp = proj(Target::QProj, &w.self_attn.q_proj, &h_attn)?;
+    let kp = proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?;
+    let vp = proj(Target::VProj, &w.self_attn.v_proj, &h_attn)?;
+    let (attn, attn_saved) = timed(p, "attention fwd", || {
+        let mask = ops::AttnMask { kstart: &ctx.batch.kstart, bias: &|| ctx.batch.bias().cloned() };
+        ops::attention_block_forward(&qp, &kp, &vp, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
+    })?;
+    // Temporaries go as soon as they are used (at 4096 tokens each is 32-90 MB), and without
+    // `save` so do the tensors that only backward would read.
+    drop((qp, kp, vp));
+    let (h_attn, attn_saved) = if save { (Some(h_attn), Some(attn_saved)) } else { (None, None) };
     let o = proj(Target::OProj, &w.self_attn.o_proj, &attn)?;
-    let x_mid = timed(p, "residual add", || x + o)?;
-
-    let (h_mlp, rstd_mlp) = timed(p, "rms_norm fwd", || ops::rms_norm_forward(&x_mid, &w.post_attention_layernorm, cfg.rms_norm_eps))?;
+    let attn = save.then_some(attn);
+    let (x_mid, h_mlp, rstd_mlp) = timed(p, "residual add + rms_norm fwd", || ops::add_rms_norm_forward(x, &o, &w.post_attention_layernorm, cfg.rms_norm_eps))?;
+    drop(o);
     let gate = proj(Target::GateProj, &w.mlp.gate_proj, &h_mlp)?;
     let up = proj(Target::UpProj, &w.mlp.up_proj, &h_mlp)?;
-    let act = timed(p, "swiglu fwd", || ops::swiglu_forward(&gate, &up))?;
-    let down = proj(Target::DownProj, &w.mlp.down_proj, &act)?;
-    let out = timed(p, "residual add", || &x_mid + down)?;
-    let acts = save.then(|| LayerActs {
-        x: x.clone(),
-        rstd_attn,
-        h_attn,
-        q,
-        k,
-        v,
-        probs,
-        ctx: attn,
-        x_mid,
-        rstd_mlp,
-        h_mlp,
-        gate,
-        up,
-        lora: saved,
-        masks,
-    });
+    let h_mlp = save.then_some(h_mlp);
+    let mut gate_up = Some((gate, up));
+    let out = if mode != LayerMode::Recompute || lora.get(Target::DownProj).is_some() {
+        let (gate, up) = gate_up.as_ref().expect("set above");
+        let act = timed(p, "swiglu fwd", || ops::swiglu_forward(gate, up))?;
+        if !save {
+            gate_up = None;
+        }
+        let down = proj(Target::DownProj, &w.mlp.down_proj, &act)?;
+        drop(act);
+        Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?).filter(|_| mode != LayerMode::Recompute)
+    } else {
+        None
+    };
+    let keep_norm_outputs = !ops::cuda_bf16(x);
+    let acts = match (attn_saved, attn, gate_up) {
+        (Some(attn_saved), Some(attn), Some((gate, up))) if save => Some(LayerActs {
+            x: x.clone(),
+            rstd_attn,
+            h_attn: h_attn.filter(|_| keep_norm_outputs),
+            attn: attn_saved,
+            ctx: attn,
+            x_mid,
+            rstd_mlp,
+            h_mlp: h_mlp.filter(|_| keep_norm_outputs),
+            gate,
+            up,
+            lora: saved,
+            masks,
+        }),
+        _ => None,
+    };
     Ok((out, acts))
 }
 
 /// One decoder layer backward. dout: (N, H) -> (dx (N, H), adapter gradients).
 pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: &LayerActs, dout: &Tensor) -> Result<(Tensor, [Option<LoraGrad>; 7])> {
-    let cfg = ctx.cfg;
-    let (b, t) = ctx.shape;
-    let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let mut grads: [Option<LoraGrad>; 7] = Default::default();
-    let mut proj_back = |target: Target, w: &crate::model::llama::Linear, dy: &Tensor, input: &Tensor| -> Result<Tensor> {
+    // `acc`: the input gradient so far of projections sharing this input (summed into).
+    let mut proj_back = |target: Target, w: &crate::model::llama::Linear, dy: &Tensor, input: Option<&Tensor>, acc: Option<Tensor>| -> Result<Tensor> {
         let i = target.index();
         let pair = lora.get(target).zip(a.lora[i].as_ref());
-        let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref()))?;
+        let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref(), acc))?;
         grads[i] = g;
         Ok(dx)
     };
 
     let p = ctx.profiler;
     // MLP half: out = x_mid + down(swiglu(gate(h), up(h))), h = norm(x_mid)
-    let act = timed(p, "swiglu fwd (recompute)", || ops::swiglu_forward(&a.gate, &a.up))?;
-    let dact = proj_back(Target::DownProj, &w.mlp.down_proj, dout, &act)?;
-    let (dgate, dup) = timed(p, "swiglu bwd", || ops::swiglu_backward(&dact, &a.gate, &a.up))?;
-    let dh_gate = proj_back(Target::GateProj, &w.mlp.gate_proj, &dgate, &a.h_mlp)?;
-    let dh_up = proj_back(Target::UpProj, &w.mlp.up_proj, &dup, &a.h_mlp)?;
-    let dh_mlp = timed(p, "residual add", || dh_gate + dh_up)?;
-    let dnorm = timed(p, "rms_norm bwd", || ops::rms_norm_backward(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp))?;
-    let dx_mid = timed(p, "residual add", || dout + dnorm)?;
+    // Inputs of the projections are recomputed only where an adapter needs them for dA.
+    let adapted = |t: Target| lora.get(t).is_some();
+    let act = match adapted(Target::DownProj) {
+        true => Some(timed(p, "swiglu fwd (recompute)", || ops::swiglu_forward(&a.gate, &a.up))?),
+        false => None,
+    };
+    let dact = proj_back(Target::DownProj, &w.mlp.down_proj, dout, act.as_ref(), None)?;
+    drop(act);
+    let (dgate, dup) = timed(p, "swiglu bwd", || ops::swiglu_backward(dact, &a.gate, &a.up))?;
+    let eps = ctx.cfg.rms_norm_eps;
+    let h_mlp = match (&a.h_mlp, adapted(Target::GateProj) || adapted(Target::UpProj)) {
+        (Some(h), _) => Some(h.clone()),
+        (None, true) => Some(timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x_mid, &w.post_attention_layernorm, eps))?.0),
+        (None, false) => None,
+    };
+    let dh_mlp = proj_back(Target::GateProj, &w.mlp.gate_proj, &dgate, h_mlp.as_ref(), None)?;
+    let dh_mlp = proj_back(Target::UpProj, &w.mlp.up_proj, &dup, h_mlp.as_ref(), Some(dh_mlp))?;
+    drop((dgate, dup, h_mlp));
+    let dx_mid = timed(p, "rms_norm bwd", || ops::rms_norm_backward_add(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp, dout))?;
 
     // Attention half: x_mid = x + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x)
-    let dattn = proj_back(Target::OProj, &w.self_attn.o_proj, &dx_mid, &a.ctx)?;
-    let dattn = timed(p, "head layout", || dattn.reshape((b, t, nh, d))?.transpose(1, 2)?.contiguous())?;
-    let (dq, dk, dv) = timed(p, "attention bwd", || ops::attention_backward(&dattn, &a.q, &a.k, &a.v, &a.probs))?;
-    let rows = |y: Tensor, n: usize| timed(p, "head layout", || y.transpose(1, 2)?.contiguous()?.reshape((b * t, n * d)));
-    let rope_back = |y: &Tensor| timed(p, "rope bwd", || ops::rope_backward(y, &ctx.cos, &ctx.sin));
-    let dq = rows(rope_back(&dq)?, nh)?;
-    let dk = rows(rope_back(&dk)?, nkv)?;
-    let dv = rows(dv, nkv)?;
-    let dh_q = proj_back(Target::QProj, &w.self_attn.q_proj, &dq, &a.h_attn)?;
-    let dh_k = proj_back(Target::KProj, &w.self_attn.k_proj, &dk, &a.h_attn)?;
-    let dh_v = proj_back(Target::VProj, &w.self_attn.v_proj, &dv, &a.h_attn)?;
-    let dh_attn = timed(p, "residual add", || (dh_q + dh_k)? + dh_v)?;
-    let dnorm = timed(p, "rms_norm bwd", || ops::rms_norm_backward(&dh_attn, &a.x, &w.input_layernorm, &a.rstd_attn))?;
-    let dx = timed(p, "residual add", || dx_mid + dnorm)?;
+    let dattn = proj_back(Target::OProj, &w.self_attn.o_proj, &dx_mid, Some(&a.ctx), None)?;
+    let (dq, dk, dv) = timed(p, "attention bwd", || {
+        let mask = ops::AttnMask { kstart: &ctx.batch.kstart, bias: &|| ctx.batch.bias().cloned() };
+        ops::attention_block_backward(&dattn, &a.attn, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
+    })?;
+    drop(dattn);
+    let h_attn = match (&a.h_attn, adapted(Target::QProj) || adapted(Target::KProj) || adapted(Target::VProj)) {
+        (Some(h), _) => Some(h.clone()),
+        (None, true) => Some(timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x, &w.input_layernorm, eps))?.0),
+        (None, false) => None,
+    };
+    let dh_attn = proj_back(Target::QProj, &w.self_attn.q_proj, &dq, h_attn.as_ref(), None)?;
+    let dh_attn = proj_back(Target::KProj, &w.self_attn.k_proj, &dk, h_attn.as_ref(), Some(dh_attn))?;
+    let dh_attn = proj_back(Target::VProj, &w.self_attn.v_proj, &dv, h_attn.as_ref(), Some(dh_attn))?;
+    drop((dq, dk, dv, h_attn));
+    let dx = timed(p, "rms_norm bwd", || ops::rms_norm_backward_add(&dh_attn, &a.x, &w.input_layernorm, &a.rstd_attn, &dx_mid))?;
     Ok((dx, grads))
 }
 
@@ -334,7 +409,7 @@ pub struct StepStats {
 
 fn step_context<'a>(model: &'a Llama, lora: &LoraWeights, batch: &'a TrainBatch, dropout: f64, profiler: Option<&'a Profiler>) -> Result<StepContext<'a>> {
     let (cos, sin) = model.rope.cos_sin(&batch.positions, model.dtype())?;
-    Ok(StepContext { cfg: &model.config, bias: &batch.bias, cos, sin, shape: batch.shape, scaling: lora.scaling, dropout, profiler })
+    Ok(StepContext { cfg: &model.config, batch, cos, sin, shape: batch.shape, scaling: lora.scaling, dropout, profiler })
 }
 
 fn embed(model: &Llama, batch: &TrainBatch) -> Result<Tensor> {
@@ -363,12 +438,13 @@ pub fn forward_backward(
     let mut inputs = Vec::with_capacity(n_layers);
     let mut saved = Vec::with_capacity(n_layers);
     for (l, w) in model.weights.layers.iter().enumerate() {
-        let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], !opts.gradient_checkpointing)?;
+        let mode = if opts.gradient_checkpointing { LayerMode::Output } else { LayerMode::Train };
+        let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode)?;
         if opts.gradient_checkpointing {
             inputs.push(x);
         }
         saved.push(acts);
-        x = out;
+        x = out.expect("output when asked");
     }
 
     // Loss over target rows only: final norm and LM head never see the other rows.
@@ -389,7 +465,7 @@ pub fn forward_backward(
         let w = &model.weights.layers[l];
         let acts = match saved[l].take() {
             Some(a) => a,
-            None => layer_forward(&ctx, w, &lora.layers[l], &inputs[l], seeds[l], true)?.1.expect("saved when asked"),
+            None => layer_forward(&ctx, w, &lora.layers[l], &inputs[l], seeds[l], LayerMode::Recompute)?.1.expect("saved when asked"),
         };
         let (dprev, g) = layer_backward(&ctx, w, &lora.layers[l], &acts, &dx)?;
         timed(profiler, "lora grad accumulate", || grads.accumulate(l, g))?;
@@ -406,7 +482,7 @@ pub fn forward_nll(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Res
     let ctx = step_context(model, lora, batch, 0.0, None)?;
     let mut x = embed(model, batch)?;
     for (l, w) in model.weights.layers.iter().enumerate() {
-        x = layer_forward(&ctx, w, &lora.layers[l], &x, 0, false)?.0;
+        x = layer_forward(&ctx, w, &lora.layers[l], &x, 0, LayerMode::Output)?.0.expect("output when asked");
     }
     let rows = x.index_select(&batch.predictor_rows, 0)?;
     let (hn, _) = ops::rms_norm_forward(&rows, &model.weights.norm, model.config.rms_norm_eps)?;
@@ -415,7 +491,9 @@ pub fn forward_nll(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Res
 
 /// Bytes held by one layer's saved activations (for reports and memory checks).
 pub fn layer_acts_bytes(a: &LayerActs) -> usize {
-    let mut ts = vec![&a.x, &a.rstd_attn, &a.h_attn, &a.q, &a.k, &a.v, &a.probs, &a.ctx, &a.x_mid, &a.rstd_mlp, &a.h_mlp, &a.gate, &a.up];
+    let mut ts = vec![&a.x, &a.rstd_attn, &a.ctx, &a.x_mid, &a.rstd_mlp, &a.gate, &a.up];
+    ts.extend(a.h_attn.iter().chain(&a.h_mlp));
+    ts.extend(a.attn.tensors());
     for s in a.lora.iter().flatten() {
         ts.push(&s.u);
         if let Some(x) = &s.dropped_input {

@@ -142,7 +142,7 @@ fn autograd_loss(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Tenso
         let v = heads(lin(&h, &w.self_attn.v_proj, l, Target::VProj), nkv);
         let k = repeat_kv(&k, nh / nkv).unwrap();
         let v = repeat_kv(&v, nh / nkv).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap().broadcast_add(&batch.bias).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap().broadcast_add(batch.bias().unwrap()).unwrap();
         let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
         let ctx = probs.matmul(&v).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((b * t, nh * d)).unwrap();
         x = (x + lin(&ctx, &w.self_attn.o_proj, l, Target::OProj)).unwrap();
