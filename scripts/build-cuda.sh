@@ -44,5 +44,16 @@ strip dist/cuda/loratune
 # A compressed copy travels to the GPU machine in a fraction of the size.
 mkdir -p dist/gpu
 xz -T0 -6 -c dist/cuda/loratune > dist/gpu/loratune.xz
+# The GPU tests (tests/cuda_kernels.rs) as one executable, built on the same dependencies.
+test_bin=$(cargo test --release --locked --features cuda --target-dir target/cuda --test cuda_kernels --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_kernels":
+        print(m["executable"])')
+cp "$test_bin" dist/cuda/cuda_kernels
+strip dist/cuda/cuda_kernels
+xz -T0 -6 -c dist/cuda/cuda_kernels > dist/gpu/cuda_kernels.xz
 echo "built dist/cuda/loratune ($(du -h dist/cuda/loratune | cut -f1)); on the GPU machine:"
 echo "  carry dist/gpu; scripts/gpu/*.sh unpack dist/gpu/loratune.xz to dist/cuda/loratune"
