@@ -57,16 +57,23 @@ def peak(p):
         return int(open(p).read().strip()) / 1024
     except Exception:
         return None
-print(f"\n{'workload':<22}{'loratune tok/s':>15}{'peak GiB':>10}{'PEFT tok/s':>12}{'peak GiB':>10}{'torch alloc GiB':>16}{'ratio':>8}")
+print(f"\n{'workload':<18}{'loratune tok/s':>15}{'smi peak':>9}{'pool peak':>10}{'MFU':>6}"
+      f"{'PEFT tok/s':>12}{'smi peak':>9}{'torch rsv':>10}{'ratio':>7}")
 for w in sys.argv[2:]:
     seq, batch, gc = w.split()
     tag = f"s{seq}-b{batch}-gc{gc}"
     lt, pf = load(f"{out}/{tag}-loratune.json"), load(f"{out}/{tag}-peft.json")
-    lt_tps = lt["ours"]["tokens_per_s"] if lt else None
+    ours = lt["ours"] if lt else {}
+    lt_tps = ours.get("tokens_per_s")
     pf_tps = pf["tokens_per_s"] if pf else None
+    dev = ours.get("peak_device")
+    pool = (dev["reserved"] + dev["baseline"]) / 2**30 if dev else None
+    mfu = 100 * ours["mfu"] if ours.get("mfu") else None
     f = lambda x, d=0: "-" if x is None else f"{x:.{d}f}"
     ratio = lt_tps / pf_tps if lt_tps and pf_tps else None
     name = f"seq {seq} x {batch}{' gc' if gc == '1' else ''}"
-    print(f"{name:<22}{f(lt_tps):>15}{f(peak(f'{out}/{tag}-loratune.peak'), 1):>10}{f(pf_tps):>12}"
-          f"{f(peak(f'{out}/{tag}-peft.peak'), 1):>10}{f(pf and pf['max_memory_allocated_gib'], 1):>16}{f(ratio, 2):>8}")
+    print(f"{name:<18}{f(lt_tps):>15}{f(peak(f'{out}/{tag}-loratune.peak'), 1):>9}{f(pool, 1):>10}{f(mfu, 1):>6}"
+          f"{f(pf_tps):>12}{f(peak(f'{out}/{tag}-peft.peak'), 1):>9}{f(pf and pf['max_memory_reserved_gib'], 1):>10}{f(ratio, 2):>7}")
+print("GiB. smi peak: nvidia-smi sampled every 50 ms (CUDA context included); pool peak: loratune's memory pool"
+      " high-water mark plus the context; torch rsv: torch.cuda.max_memory_reserved; MFU against bf16 matmul measured by bench.")
 PY

@@ -147,6 +147,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None
     };
 
+    let device_is_cpu = device.is_cpu();
     let opts = BenchOptions {
         model: a.model.clone(),
         data: a.data.clone(),
@@ -163,6 +164,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         dtype,
         gradient_checkpointing: a.gradient_checkpointing,
         profile: a.profile,
+        measure_matmul: !device_is_cpu,
     };
     eprintln!(
         "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
@@ -245,6 +247,27 @@ fn print_ours(r: &BenchResult) {
     println!("throughput   {:.1} tokens/s (median; best {:.1})", r.tokens_per_s, r.tokens_per_s_best);
     println!("loss         first {:.4} (base model), last {:.4}", r.first_loss, r.last_loss);
     println!("memory       peak RSS {} (training only: {})", fmt_mib(r.peak_rss_mib), fmt_mib(r.train_peak_rss_mib));
+    if let Some(m) = &r.peak_device {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        println!(
+            "device mem   peak {:.2} GiB as nvidia-smi counts it (tensors {:.2} GiB at most; pool {:.2} GiB + {:.2} GiB context)",
+            gib(m.device_total()),
+            gib(m.tensors),
+            gib(m.reserved),
+            gib(m.baseline)
+        );
+    }
+    match (r.matmul_tflops, r.mfu) {
+        (Some(mm), Some(mfu)) => println!(
+            "compute      {:.2} GFLOP/token, {:.1} TFLOP/s achieved; {} matmul {:.1} TFLOP/s measured -> MFU {:.1}%",
+            r.flops_per_token / 1e9,
+            r.achieved_tflops,
+            r.dtype,
+            mm,
+            100.0 * mfu
+        ),
+        _ => println!("compute      {:.2} GFLOP/token, {:.2} TFLOP/s achieved", r.flops_per_token / 1e9, r.achieved_tflops),
+    }
     println!("load avg     {} at the first step, {} after the last", fmt_la(r.loadavg_start), fmt_la(r.loadavg_end));
     println!("contention   {} (CPU used by other processes + stolen, during the timed steps)", fmt_cores(r.other_cpu_cores, r.steal_cores));
     if let Some(regions) = &r.profile {

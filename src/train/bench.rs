@@ -58,6 +58,8 @@ pub struct BenchOptions {
     pub gradient_checkpointing: bool,
     /// Time every operation of the timed steps (synchronizing around each: slower steps).
     pub profile: bool,
+    /// Time a large matmul after the steps, for MFU.
+    pub measure_matmul: bool,
 }
 
 impl Default for BenchOptions {
@@ -78,6 +80,7 @@ impl Default for BenchOptions {
             dtype: None,
             gradient_checkpointing: false,
             profile: false,
+            measure_matmul: false,
         }
     }
 }
@@ -150,6 +153,15 @@ pub struct BenchResult {
     /// figure is. On an otherwise idle machine both are near 0.
     pub other_cpu_cores: Option<f64>,
     pub steal_cores: Option<f64>,
+    /// On CUDA: peak device memory from the step's start to the last step (the pool's
+    /// high-water marks; `device_total` adds the context's own use, as nvidia-smi counts).
+    pub peak_device: Option<crate::gpu::PeakMemory>,
+    /// Model FLOPs per trained token (see `flops_per_token`), and what the device did of
+    /// them against a measured dense matmul rate in the step's dtype.
+    pub flops_per_token: f64,
+    pub matmul_tflops: Option<f64>,
+    pub achieved_tflops: f64,
+    pub mfu: Option<f64>,
     /// With `profile`: time per timed step of each region of the step, largest first
     /// (`seconds` and `calls` per step). Profiled steps synchronize the device around every
     /// region, so they run slower than the throughput above says.
@@ -279,7 +291,11 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
             let cfg = crate::model::init::preset(name).with_context(|| format!("unknown preset {name} (expected one of {})", crate::model::init::PRESETS.join(", ")))?;
             let std = crate::model::init::default_init_std(name);
             let t0 = Instant::now();
-            let model = crate::model::init::random_model_as(&cfg, SEED, std, &opts.device, dtype)?;
+            let model = if opts.device.is_cpu() {
+                crate::model::init::random_model_as(&cfg, SEED, std, &opts.device, dtype)?
+            } else {
+                crate::model::init::random_model_on_device(&cfg, SEED, std, &opts.device, dtype)?
+            };
             opts.device.synchronize()?;
             let load_s = t0.elapsed().as_secs_f64();
             let n = s * b * (opts.warmup + opts.steps);
@@ -313,6 +329,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
 
     let load_peak = peak_rss_mib();
     let reset = reset_peak_rss();
+    crate::gpu::reset_peak_memory(&opts.device)?;
     let loadavg_start = loadavg();
     let (mut losses, mut times) = (Vec::new(), Vec::new());
     let mut cpu_start = None;
@@ -344,6 +361,9 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let loadavg_end = loadavg();
     let contention = cpu_start.zip(CpuTimes::now()).map(|((a, t), b)| a.contention(b, t.elapsed().as_secs_f64()));
     let train_peak = if reset { peak_rss_mib() } else { None };
+    let peak_device = crate::gpu::peak_memory(&opts.device)?;
+    let flops = flops_per_token(&model.config, &opts.targets, opts.r, s);
+    let matmul_tflops = if opts.measure_matmul { Some(matmul_rate(&opts.device, dtype)? / 1e12) } else { None };
     let peak = match (load_peak, peak_rss_mib()) {
         (Some(a), Some(c)) => Some(a.max(c)),
         (a, c) => a.or(c),
@@ -352,6 +372,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let step_s_median = median(&times);
     let step_s_min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let tokens = (b * s) as f64;
+    let achieved_tflops = flops * tokens / step_s_median / 1e12;
     Ok(BenchResult {
         tool: "loratune",
         version: env!("CARGO_PKG_VERSION"),
@@ -391,10 +412,55 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
         loadavg_end,
         other_cpu_cores: contention.map(|c| c.0),
         steal_cores: contention.map(|c| c.1),
+        peak_device,
+        flops_per_token: flops,
+        matmul_tflops,
+        achieved_tflops,
+        mfu: matmul_tflops.map(|m| achieved_tflops / m),
         profile: profiler.map(|p| {
             p.report().into_iter().map(|r| RegionTime { seconds: r.seconds / opts.steps as f64, calls: r.calls / opts.steps, ..r }).collect()
         }),
     })
+}
+
+/// Model FLOPs of one trained token at sequence length `seq` with a frozen base: each
+/// projection and the LM head run forward (2 FLOPs per weight) and backward for the input
+/// gradient only (2 more; no weight gradient); each adapter costs 6 r (in + out); causal
+/// attention costs 2 T NH D per layer forward (QK^T and PV over half the keys on average)
+/// and twice that backward. Recomputation (checkpointing, flash's backward) is not counted,
+/// as MFU conventionally counts only the model's own work.
+pub fn flops_per_token(cfg: &crate::model::ModelConfig, targets: &[Target], r: usize, seq: usize) -> f64 {
+    let projection_weights: usize = Target::ALL.iter().map(|t| {
+        let (i, o) = t.shape(cfg);
+        i * o
+    }).sum();
+    let base = 4.0 * (cfg.num_hidden_layers * projection_weights + cfg.vocab_size * cfg.hidden_size) as f64;
+    let lora: usize = targets.iter().map(|t| {
+        let (i, o) = t.shape(cfg);
+        6 * r * (i + o)
+    }).sum();
+    let attention = 6.0 * (seq * cfg.num_attention_heads * cfg.head_dim) as f64;
+    base + cfg.num_hidden_layers as f64 * (lora as f64 + attention)
+}
+
+/// Dense matmul rate (FLOP/s) on `device` in `dtype`: the median of timed square products,
+/// 8192 on a GPU, 1024 on the CPU, after a warm-up.
+pub fn matmul_rate(device: &Device, dtype: DType) -> Result<f64> {
+    let n = if device.is_cpu() { 1024 } else { 8192 };
+    let a = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let b = candle_core::Tensor::randn(0f32, 1.0, (n, n), device)?.to_dtype(dtype)?;
+    let mut times = Vec::new();
+    for i in 0..13 {
+        device.synchronize()?;
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        device.synchronize()?;
+        if i >= 3 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        drop(c);
+    }
+    Ok(2.0 * (n as f64).powi(3) / median(&times))
 }
 
 #[cfg(test)]
