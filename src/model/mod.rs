@@ -4,6 +4,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod gguf_source;
+#[cfg(feature = "cuda")]
+pub mod gpu_upload;
 pub mod hub;
 pub mod llama;
 pub mod safetensors_source;

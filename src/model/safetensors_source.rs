@@ -85,6 +85,15 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
         per_file[idx].push((name, shape));
     }
     let mut out = HashMap::new();
+    #[cfg(feature = "cuda")]
+    let mut uploader = match device {
+        Device::Cuda(d) => Some(super::gpu_upload::Uploader::new(d).map_err(|e| LoadError::Tensor {
+            path: files.files[0].clone(),
+            tensor: "(pinned staging buffers)".into(),
+            msg: e.to_string(),
+        })?),
+        _ => None,
+    };
     for (path, wanted) in files.files.iter().zip(per_file) {
         if wanted.is_empty() {
             continue;
@@ -108,10 +117,29 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
                 });
             }
             let terr = |e: candle_core::Error| LoadError::Tensor { path: path.clone(), tensor: name.clone(), msg: e.to_string() };
+            // Stored in the compute dtype and bound for a GPU: straight from the map to the
+            // device through pinned buffers (gpu_upload), no host-side conversion.
+            #[cfg(feature = "cuda")]
+            if let Some(up) = uploader.as_mut().filter(|_| stored_dtype(view.dtype()) == Some(dtype)) {
+                let t = up.upload(view.data(), dtype, &shape).map_err(terr)?;
+                out.insert(name, t);
+                continue;
+            }
             let t = view.load(&Device::Cpu).map_err(terr)?;
             let t = t.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)?;
             out.insert(name, t);
         }
     }
     Ok(out)
+}
+
+/// The candle dtype of a safetensors dtype that loads without conversion.
+#[cfg(feature = "cuda")]
+fn stored_dtype(d: safetensors::Dtype) -> Option<DType> {
+    match d {
+        safetensors::Dtype::BF16 => Some(DType::BF16),
+        safetensors::Dtype::F16 => Some(DType::F16),
+        safetensors::Dtype::F32 => Some(DType::F32),
+        _ => None,
+    }
 }
