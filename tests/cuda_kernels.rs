@@ -136,8 +136,8 @@ fn elementwise_kernels_match_reference() {
 
     let (g, u, da) = (randn(&[n, h], 2.0, &dev), randn(&[n, h], 1.0, &dev), randn(&[n, h], 1.0, &dev));
     check("swiglu fwd", &ck::swiglu_forward(&g, &u).unwrap(), &ops::swiglu_forward(&f32(&g), &f32(&u)).unwrap(), 1e-2);
-    let (dg, du) = ck::swiglu_backward(da.copy().unwrap(), &g, &u).unwrap(); // writes over its da
-    let (rg, ru) = ops::swiglu_backward(f32(&da), &f32(&g), &f32(&u)).unwrap();
+    let (dg, du) = ck::swiglu_backward(da.copy().unwrap(), &g, u.copy().unwrap()).unwrap(); // writes over its da and u
+    let (rg, ru) = ops::swiglu_backward(f32(&da), &f32(&g), f32(&u)).unwrap();
     check("swiglu bwd gate", &dg, &rg, 1e-2);
     check("swiglu bwd up", &du, &ru, 1e-2);
 

@@ -149,9 +149,10 @@ extern "C" __global__ void swiglu_fwd_bf16(const bf16* __restrict__ g, const bf1
 }
 
 // dg = da * u * silu'(g), du = da * silu(g); silu'(g) = sig(g) (1 + g (1 - sig(g))).
-// dg may be da itself (each element is read before it is written, by the same thread).
-extern "C" __global__ void swiglu_bwd_bf16(const bf16* da, const bf16* __restrict__ g, const bf16* __restrict__ u,
-                                           bf16* dg, bf16* __restrict__ du, int n2) {
+// dg may be da itself and du may be u (each element is read before it is written, by the
+// same thread).
+extern "C" __global__ void swiglu_bwd_bf16(const bf16* da, const bf16* __restrict__ g, const bf16* u, bf16* dg, bf16* du,
+                                           int n2) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n2) return;
     float2 dv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(da)[i]);

@@ -185,15 +185,14 @@ pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     Ok(a)
 }
 
-/// da, g, u: (N, I) bf16 -> (dg, du). dg is written over `da`'s memory (saving one
-/// (N, I) buffer), so `da` must be the only handle to its storage.
-pub fn swiglu_backward(da: Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+/// da, g, u: (N, I) bf16 -> (dg, du). dg is written over `da`'s memory and du over `u`'s
+/// (saving two (N, I) buffers), so each must be the only handle to its storage.
+pub fn swiglu_backward(da: Tensor, g: &Tensor, u: Tensor) -> Result<(Tensor, Tensor)> {
     let dev = cuda_device(g)?;
-    let da = da.contiguous()?;
-    let dg = da.clone();
-    let du = empty(&dev, g.dims(), DType::BF16)?;
+    let (da, u) = (da.contiguous()?, u.contiguous()?);
+    let (dg, du) = (da.clone(), u.clone());
     let pairs = g.elem_count() / 2;
-    let (pd, pg, pu) = (ptr(&da, DType::BF16, "da")?, ptr(g, DType::BF16, "gate")?, ptr(u, DType::BF16, "up")?);
+    let (pd, pg, pu) = (ptr(&da, DType::BF16, "da")?, ptr(g, DType::BF16, "gate")?, ptr(&u, DType::BF16, "up")?);
     let (pdg, pdu, n2) = (ptr(&dg, DType::BF16, "dg")?, ptr(&du, DType::BF16, "du")?, pairs as i32);
     launch!(dev, ELEMENTWISE, "swiglu_bwd_bf16", grid((blocks_for(pairs, 256), 1), 256, 0), &pd, &pg, &pu, &pdg, &pdu, &n2);
     Ok((dg, du))

@@ -38,7 +38,7 @@ mod cuda {
     pub fn rms_norm_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> { bail!("{NO_CUDA}") }
     pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: bool) -> Result<Tensor> { bail!("{NO_CUDA}") }
     pub fn swiglu_forward(_: &Tensor, _: &Tensor) -> Result<Tensor> { bail!("{NO_CUDA}") }
-    pub fn swiglu_backward(_: Tensor, _: &Tensor, _: &Tensor) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn swiglu_backward(_: Tensor, _: &Tensor, _: Tensor) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
     pub fn cross_entropy(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
     pub fn matmul_accumulate(_: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<()> { bail!("{NO_CUDA}") }
     pub fn add(_: &Tensor, _: &Tensor) -> Result<Tensor> { bail!("{NO_CUDA}") }
@@ -270,17 +270,17 @@ pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(g)? * u
 }
 
-/// da: (N, I) -> (dg, du). silu'(g) = sig(g) * (1 + g * (1 - sig(g))). Takes `da` by
-/// value: the CUDA kernel writes dg over it.
-pub fn swiglu_backward(da: Tensor, g: &Tensor, u: &Tensor) -> Result<(Tensor, Tensor)> {
+/// da: (N, I) -> (dg, du). silu'(g) = sig(g) * (1 + g * (1 - sig(g))). Takes `da` and
+/// `u` by value: the CUDA kernel writes dg over da and du over u.
+pub fn swiglu_backward(da: Tensor, g: &Tensor, u: Tensor) -> Result<(Tensor, Tensor)> {
     if cpu_f32(g) {
         let (da, g, u) = (da.contiguous()?, g.contiguous()?, u.contiguous()?);
         return Ok((da.apply_op3_no_bwd(&g, &u, &SWIGLU_GRAD_GATE)?, da.apply_op2_no_bwd(&g, &SWIGLU_GRAD_UP)?));
     }
     if cuda_bf16(g) {
-        return cuda::swiglu_backward(da, &g.contiguous()?, &u.contiguous()?);
+        return cuda::swiglu_backward(da, &g.contiguous()?, u);
     }
-    let da = &da;
+    let (da, u) = (&da, &u);
     let sig = candle_nn::ops::sigmoid(g)?;
     let silu = (g * &sig)?;
     let du = (da * &silu)?;

@@ -333,7 +333,8 @@ pub fn layer_forward(
 }
 
 /// One decoder layer backward. dout: (N, H) -> (dx (N, H), adapter gradients).
-pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: &LayerActs, dout: &Tensor) -> Result<(Tensor, [Option<LoraGrad>; 7])> {
+/// Takes the activations by value: each is dropped, or written over, once used.
+pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: LayerActs, dout: &Tensor) -> Result<(Tensor, [Option<LoraGrad>; 7])> {
     let mut grads: [Option<LoraGrad>; 7] = Default::default();
     // `acc`: the input gradient so far of projections sharing this input (summed into).
     let mut proj_back = |target: Target, w: &crate::model::llama::Linear, dy: &Tensor, input: Option<&Tensor>, acc: Option<Tensor>| -> Result<Tensor> {
@@ -354,7 +355,8 @@ pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: 
     };
     let dact = proj_back(Target::DownProj, &w.mlp.down_proj, dout, act.as_ref(), None)?;
     drop(act);
-    let (dgate, dup) = timed(p, "swiglu bwd", || ops::swiglu_backward(dact, &a.gate, &a.up))?;
+    let (dgate, dup) = timed(p, "swiglu bwd", || ops::swiglu_backward(dact, &a.gate, a.up))?;
+    drop(a.gate);
     let eps = ctx.cfg.rms_norm_eps;
     let h_mlp = match (&a.h_mlp, adapted(Target::GateProj) || adapted(Target::UpProj)) {
         (Some(h), _) => Some(h.clone()),
@@ -435,14 +437,22 @@ pub fn forward_backward(
 
     // Forward, keeping per layer either the activations or (checkpointing) the input.
     let mut x = timed(profiler, "embed", || embed(model, batch))?;
-    let mut inputs = Vec::with_capacity(n_layers);
+    // With checkpointing every layer's input goes into one (L, N, H) buffer allocated up
+    // front: kept among the layers' transients one by one, they left the memory pool with
+    // blocks it could not reuse.
+    let inputs = match opts.gradient_checkpointing {
+        // SAFETY: slab l is written (slice_set) before anything reads it.
+        true => Some(unsafe { Tensor::empty((n_layers, x.dim(0)?, x.dim(1)?), x.dtype(), x.device())? }),
+        false => None,
+    };
     let mut saved = Vec::with_capacity(n_layers);
     for (l, w) in model.weights.layers.iter().enumerate() {
-        let mode = if opts.gradient_checkpointing { LayerMode::Output } else { LayerMode::Train };
-        let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode)?;
-        if opts.gradient_checkpointing {
-            inputs.push(x);
+        if let Some(inputs) = &inputs {
+            inputs.slice_set(&x.unsqueeze(0)?, 0, l)?;
+            x = inputs.get(l)?;
         }
+        let mode = if inputs.is_some() { LayerMode::Output } else { LayerMode::Train };
+        let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode)?;
         saved.push(acts);
         x = out.expect("output when asked");
     }
@@ -463,11 +473,14 @@ pub fn forward_backward(
 
     for l in (0..n_layers).rev() {
         let w = &model.weights.layers[l];
-        let acts = match saved[l].take() {
-            Some(a) => a,
-            None => layer_forward(&ctx, w, &lora.layers[l], &inputs[l], seeds[l], LayerMode::Recompute)?.1.expect("saved when asked"),
+        let acts = match (saved[l].take(), &inputs) {
+            (Some(a), _) => a,
+            (None, Some(inputs)) => {
+                layer_forward(&ctx, w, &lora.layers[l], &inputs.get(l)?, seeds[l], LayerMode::Recompute)?.1.expect("saved when asked")
+            }
+            (None, None) => unreachable!("a layer keeps its activations or its input"),
         };
-        let (dprev, g) = layer_backward(&ctx, w, &lora.layers[l], &acts, &dx)?;
+        let (dprev, g) = layer_backward(&ctx, w, &lora.layers[l], acts, &dx)?;
         timed(profiler, "lora grad accumulate", || grads.accumulate(l, g))?;
         dx = dprev;
     }
