@@ -62,6 +62,59 @@ __device__ __forceinline__ void load_tile_async(bf16* dst, const bf16* src, int 
     }
 }
 
+// A fragments (16 rows x D, row-major in global memory with stride ld) of rows r0 and
+// r1 = r0 + 8 for every 16-wide k-step; rows past T read as zeros.
+template <int D>
+__device__ __forceinline__ void load_a_rows(uint32_t frag[D / 16][4], const bf16* base, int ld, int r0, int r1, int T, int t) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        int c = ks * 16 + 2 * t;
+        frag[ks][0] = r0 < T ? ld32(base + (size_t)r0 * ld + c) : 0u;
+        frag[ks][1] = r1 < T ? ld32(base + (size_t)r1 * ld + c) : 0u;
+        frag[ks][2] = r0 < T ? ld32(base + (size_t)r0 * ld + c + 8) : 0u;
+        frag[ks][3] = r1 < T ? ld32(base + (size_t)r1 * ld + c + 8) : 0u;
+    }
+}
+
+// The 16 query rows a warp owns (from rw) and which 64-key tiles they see.
+struct QueryRows {
+    int rw, last, kst_min, kst_max;
+    __device__ QueryRows(int rw_, int T, const int* ksb) : rw(rw_) {
+        last = min(rw + 15, T - 1);
+        kst_min = rw < T ? ksb[rw] : T;
+        kst_max = rw < T ? ksb[last] : T;  // kstart is non-decreasing
+    }
+    // Some row sees some key of the tile at kbase.
+    __device__ bool sees(int kbase, int T) const { return rw < T && kbase <= last && kst_min <= kbase + TILE - 1; }
+    // Every row sees every key of the tile: no mask needed.
+    __device__ bool sees_all(int kbase, int T) const { return rw + 15 < T && kbase + TILE - 1 <= rw && kbase >= kst_max; }
+};
+
+// Walks the K/V tiles tile_begin..=tile_end of one kv head through a two-stage cp.async
+// pipeline (tile kt+1 in flight while tile kt is used), calling body(kbase, Ks, Vs) for each
+// between barriers. Kbuf and Vbuf hold two stages of TILE rows of stride D + 8.
+template <int D, typename Body>
+__device__ __forceinline__ void for_each_kv_tile(bf16* Kbuf, bf16* Vbuf, const bf16* kb, const bf16* vb, int T, int ldk,
+                                                 int tile_begin, int tile_end, Body&& body) {
+    constexpr int LDS = D + 8;
+    load_tile_async<D>(Kbuf, kb, tile_begin * TILE, T, ldk);
+    load_tile_async<D>(Vbuf, vb, tile_begin * TILE, T, ldk);
+    cp_async_commit();
+    for (int kt = tile_begin; kt <= tile_end; ++kt) {
+        const int kbase = kt * TILE;
+        const int stage = (kt - tile_begin) & 1;
+        if (kt < tile_end) {
+            load_tile_async<D>(Kbuf + (stage ^ 1) * TILE * LDS, kb, kbase + TILE, T, ldk);
+            load_tile_async<D>(Vbuf + (stage ^ 1) * TILE * LDS, vb, kbase + TILE, T, ldk);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        body(kbase, Kbuf + stage * TILE * LDS, Vbuf + stage * TILE * LDS);
+        __syncthreads();  // this stage is refilled next iteration
+    }
+}
+
 // grid (ceil(T/64), B*NH), 128 threads, dynamic shared memory: K and V tiles, two stages
 // each. o: (N, NH*D) bf16, lse: (B, NH, T) f32.
 template <int D, int WARPS>
@@ -85,18 +138,9 @@ __device__ void flash_fwd(const bf16* __restrict__ q, const bf16* __restrict__ k
     const int* ksb = kstart + (size_t)b * T;
 
     uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        int c = ks * 16 + 2 * t;
-        qa[ks][0] = r0 < T ? ld32(qb + (size_t)r0 * ldq + c) : 0u;
-        qa[ks][1] = r1 < T ? ld32(qb + (size_t)r1 * ldq + c) : 0u;
-        qa[ks][2] = r0 < T ? ld32(qb + (size_t)r0 * ldq + c + 8) : 0u;
-        qa[ks][3] = r1 < T ? ld32(qb + (size_t)r1 * ldq + c + 8) : 0u;
-    }
+    load_a_rows<D>(qa, qb, ldq, r0, r1, T, t);
     const int kst0 = r0 < T ? ksb[r0] : 0, kst1 = r1 < T ? ksb[r1] : 0;
-    const int warp_last = min(rw + 15, T - 1);
-    const int warp_kst = rw < T ? ksb[rw] : T;
-    const int warp_kst_max = rw < T ? ksb[warp_last] : T;  // kstart is non-decreasing
+    const QueryRows rows(rw, T, ksb);
 
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     float acc[D / 8][4];
@@ -105,25 +149,9 @@ __device__ void flash_fwd(const bf16* __restrict__ q, const bf16* __restrict__ k
 
     const int last = min(q0 + (16 * WARPS), T) - 1;
     const int tile_begin = ksb[q0] / TILE, tile_end = last / TILE;
-    // Two-stage pipeline: tile kt+1 is in flight while tile kt is computed.
-    load_tile_async<D>(Kbuf, kb, tile_begin * TILE, T, ldk);
-    load_tile_async<D>(Vbuf, vb, tile_begin * TILE, T, ldk);
-    cp_async_commit();
-    for (int kt = tile_begin; kt <= tile_end; ++kt) {
-        const int kbase = kt * TILE;
-        const int stage = (kt - tile_begin) & 1;
-        const bf16* Ks = Kbuf + stage * TILE * LDS;
-        const bf16* Vs = Vbuf + stage * TILE * LDS;
-        if (kt < tile_end) {
-            load_tile_async<D>(Kbuf + (stage ^ 1) * TILE * LDS, kb, kbase + TILE, T, ldk);
-            load_tile_async<D>(Vbuf + (stage ^ 1) * TILE * LDS, vb, kbase + TILE, T, ldk);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        if (rw < T && kbase <= warp_last && warp_kst <= kbase + TILE - 1) {
-        // Tiles strictly inside every row's visible range need no mask.
-        const bool full = rw + 15 < T && kbase + TILE - 1 <= rw && kbase >= warp_kst_max;
+    for_each_kv_tile<D>(Kbuf, Vbuf, kb, vb, T, ldk, tile_begin, tile_end, [&](int kbase, const bf16* Ks, const bf16* Vs) {
+        if (!rows.sees(kbase, T)) return;
+        const bool full = rows.sees_all(kbase, T);
 
         float s[TILE / 8][4];
 #pragma unroll
@@ -191,9 +219,7 @@ __device__ void flash_fwd(const bf16* __restrict__ q, const bf16* __restrict__ k
                 mma_bf16(acc[2 * dp + 1], pa, vb4[2], vb4[3]);
             }
         }
-        }
-        __syncthreads();  // this stage is refilled next iteration
-    }
+    });
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         l[i] += __shfl_xor_sync(0xffffffff, l[i], 1);
@@ -261,25 +287,13 @@ __device__ void flash_bwd_dq(const bf16* __restrict__ q, const bf16* __restrict_
     const float* sb = dsum + ((size_t)b * NH + h) * T;
 
     uint32_t qa[D / 16][4], da[D / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        int c = ks * 16 + 2 * t;
-        qa[ks][0] = r0 < T ? ld32(qb + (size_t)r0 * ldq + c) : 0u;
-        qa[ks][1] = r1 < T ? ld32(qb + (size_t)r1 * ldq + c) : 0u;
-        qa[ks][2] = r0 < T ? ld32(qb + (size_t)r0 * ldq + c + 8) : 0u;
-        qa[ks][3] = r1 < T ? ld32(qb + (size_t)r1 * ldq + c + 8) : 0u;
-        da[ks][0] = r0 < T ? ld32(dob + (size_t)r0 * ldq + c) : 0u;
-        da[ks][1] = r1 < T ? ld32(dob + (size_t)r1 * ldq + c) : 0u;
-        da[ks][2] = r0 < T ? ld32(dob + (size_t)r0 * ldq + c + 8) : 0u;
-        da[ks][3] = r1 < T ? ld32(dob + (size_t)r1 * ldq + c + 8) : 0u;
-    }
+    load_a_rows<D>(qa, qb, ldq, r0, r1, T, t);
+    load_a_rows<D>(da, dob, ldq, r0, r1, T, t);
     const int kst[2] = {r0 < T ? ksb[r0] : 0, r1 < T ? ksb[r1] : 0};
     const float lrow[2] = {r0 < T ? lb[r0] : 0.f, r1 < T ? lb[r1] : 0.f};
     const float drow[2] = {r0 < T ? sb[r0] : 0.f, r1 < T ? sb[r1] : 0.f};
     const int row[2] = {r0, r1};
-    const int warp_last = min(rw + 15, T - 1);
-    const int warp_kst = rw < T ? ksb[rw] : T;
-    const int warp_kst_max = rw < T ? ksb[warp_last] : T;  // kstart is non-decreasing
+    const QueryRows rows(rw, T, ksb);
 
     float acc[D / 8][4];
 #pragma unroll
@@ -287,25 +301,9 @@ __device__ void flash_bwd_dq(const bf16* __restrict__ q, const bf16* __restrict_
 
     const int last = min(q0 + (16 * WARPS), T) - 1;
     const int tile_begin = ksb[q0] / TILE, tile_end = last / TILE;
-    // Two-stage pipeline: tile kt+1 is in flight while tile kt is computed.
-    load_tile_async<D>(Kbuf, kb, tile_begin * TILE, T, ldk);
-    load_tile_async<D>(Vbuf, vb, tile_begin * TILE, T, ldk);
-    cp_async_commit();
-    for (int kt = tile_begin; kt <= tile_end; ++kt) {
-        const int kbase = kt * TILE;
-        const int stage = (kt - tile_begin) & 1;
-        const bf16* Ks = Kbuf + stage * TILE * LDS;
-        const bf16* Vs = Vbuf + stage * TILE * LDS;
-        if (kt < tile_end) {
-            load_tile_async<D>(Kbuf + (stage ^ 1) * TILE * LDS, kb, kbase + TILE, T, ldk);
-            load_tile_async<D>(Vbuf + (stage ^ 1) * TILE * LDS, vb, kbase + TILE, T, ldk);
-        }
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        if (rw < T && kbase <= warp_last && warp_kst <= kbase + TILE - 1) {
-        // Tiles strictly inside every row's visible range need no mask.
-        const bool full = rw + 15 < T && kbase + TILE - 1 <= rw && kbase >= warp_kst_max;
+    for_each_kv_tile<D>(Kbuf, Vbuf, kb, vb, T, ldk, tile_begin, tile_end, [&](int kbase, const bf16* Ks, const bf16* Vs) {
+        if (!rows.sees(kbase, T)) return;
+        const bool full = rows.sees_all(kbase, T);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             float s[4][4], dp[4][4];
@@ -351,9 +349,7 @@ __device__ void flash_bwd_dq(const bf16* __restrict__ q, const bf16* __restrict_
                 }
             }
         }
-        }
-        __syncthreads();  // this stage is refilled next iteration
-    }
+    });
     bf16* qo = dq + (size_t)b * T * ldq + h * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {

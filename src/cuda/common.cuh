@@ -33,38 +33,37 @@ __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32
 
 __device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+struct SumOp {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffff, v, o));
     return v;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, SumOp()); }
 
-// Sum over a block of up to 1024 threads; `scratch` holds 32 floats. All threads get it.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Reduction over a block of up to 1024 threads; `scratch` holds 32 floats. All threads get
+// the result.
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, float identity, Op op) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     int nw = (blockDim.x + 31) >> 5;
-    v = lane < nw ? scratch[lane] : 0.f;
-    return warp_sum(v);
+    v = lane < nw ? scratch[lane] : identity;
+    return warp_reduce(v, op);
 }
 
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    int nw = (blockDim.x + 31) >> 5;
-    v = lane < nw ? scratch[lane] : -INFINITY;
-    return warp_max(v);
-}
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce(v, scratch, 0.f, SumOp()); }
+__device__ __forceinline__ float block_max(float v, float* scratch) { return block_reduce(v, scratch, -INFINITY, MaxOp()); }
 
 // ldmatrix: four 8x8 bf16 matrices from shared memory, one per group of 8 lanes; lane l
 // passes the address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned). Without
