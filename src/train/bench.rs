@@ -467,6 +467,18 @@ pub fn matmul_rate(device: &Device, dtype: DType) -> Result<f64> {
 mod tests {
     use super::*;
 
+    /// Llama-2-7B, r 16 on q/k/v/o, seq 1024, counted by hand: per layer 4·4096² + 3·4096·11008
+    /// = 202,375,168 projection weights, ×32 plus the 32000×4096 head = 6,607,077,376, ×4
+    /// (forward + input gradient); adapters 32·4·6·16·8192; attention 32·6·1024·32·128.
+    #[test]
+    fn flops_per_token_of_llama2_7b_lora() {
+        let cfg = crate::model::init::preset("llama2-7b").unwrap();
+        let qkvo = [Target::QProj, Target::KProj, Target::VProj, Target::OProj];
+        let expected = 4.0 * 6_607_077_376.0 + 32.0 * 4.0 * 6.0 * 16.0 * 8192.0 + 32.0 * 6.0 * 1024.0 * 32.0 * 128.0;
+        assert_eq!(flops_per_token(&cfg, &qkvo, 16, 1024), expected);
+        assert_eq!(expected, 27_334_279_168.0);
+    }
+
     /// 23 tokens, windows of 5: 4 windows (the 3-token tail dropped); batches of 3 wrap
     /// around the 4 windows; each window trains on its 4 next-token predictions.
     #[test]
