@@ -76,3 +76,13 @@ impl Uploader {
         Ok(dst)
     }
 }
+
+impl Drop for Uploader {
+    /// The last copies may still be reading the pinned buffers: wait for them before the
+    /// buffers are freed.
+    fn drop(&mut self) {
+        for e in &self.free {
+            let _ = e.synchronize();
+        }
+    }
+}
