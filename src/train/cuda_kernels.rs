@@ -58,9 +58,13 @@ fn blocks_for(n: usize, threads: usize) -> u32 {
     n.div_ceil(threads) as u32
 }
 
-/// Threads per row for the row-wise kernels: enough for H/2 pairs, a multiple of 32.
-fn row_threads(pairs: usize) -> u32 {
-    (pairs.div_ceil(32) * 32).clamp(32, 1024) as u32
+/// Threads per row for the row-wise kernels, which read rows of `h` bf16 as pairs: enough
+/// for h/2 pairs, a multiple of 32.
+fn row_threads(h: usize) -> Result<u32> {
+    if h % 2 != 0 {
+        bail!("row kernels read bf16 pairs: the row width {h} must be even");
+    }
+    Ok(((h / 2).div_ceil(32) * 32).clamp(32, 1024) as u32)
 }
 
 /// Raises a kernel's dynamic shared-memory limit to `smem` bytes (the default cap is 48 KB;
@@ -104,7 +108,7 @@ pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Ten
     let rstd = empty(&dev, &[n, 1], DType::F32)?;
     let (px, pw, py, pr) = (ptr(x, DType::BF16, "x")?, ptr(w, DType::BF16, "w")?, ptr(&y, DType::BF16, "y")?, ptr(&rstd, DType::F32, "rstd")?);
     let (h32, eps32) = (h as i32, eps as f32);
-    launch!(dev, ELEMENTWISE, "rms_norm_fwd_bf16", grid((n as u32, 1), row_threads(h / 2), 0), &px, &pw, &py, &pr, &h32, &eps32);
+    launch!(dev, ELEMENTWISE, "rms_norm_fwd_bf16", grid((n as u32, 1), row_threads(h)?, 0), &px, &pw, &py, &pr, &h32, &eps32);
     Ok((y, rstd))
 }
 
@@ -121,7 +125,7 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, dre
         None => pd, // not read
     };
     let (h32, has_res) = (h as i32, dres.is_some() as i32);
-    launch!(dev, ELEMENTWISE, "rms_norm_bwd_bf16", grid((n as u32, 1), row_threads(h / 2), 0), &pd, &px, &pw, &pr, &pres, &po, &h32, &has_res);
+    launch!(dev, ELEMENTWISE, "rms_norm_bwd_bf16", grid((n as u32, 1), row_threads(h)?, 0), &pd, &px, &pw, &pr, &pres, &po, &h32, &has_res);
     Ok(dx)
 }
 
@@ -168,7 +172,7 @@ pub fn add_rms_norm_forward(a: &Tensor, b: &Tensor, w: &Tensor, eps: f64) -> Res
     let (pa, pb, pw) = (ptr(a, DType::BF16, "a")?, ptr(b, DType::BF16, "b")?, ptr(w, DType::BF16, "w")?);
     let (ps, py, pr) = (ptr(&sum, DType::BF16, "sum")?, ptr(&y, DType::BF16, "y")?, ptr(&rstd, DType::F32, "rstd")?);
     let (h32, eps32) = (h as i32, eps as f32);
-    launch!(dev, ELEMENTWISE, "add_rms_norm_fwd_bf16", grid((n as u32, 1), row_threads(h / 2), 0), &pa, &pb, &pw, &ps, &py, &pr, &h32, &eps32);
+    launch!(dev, ELEMENTWISE, "add_rms_norm_fwd_bf16", grid((n as u32, 1), row_threads(h)?, 0), &pa, &pb, &pw, &ps, &py, &pr, &h32, &eps32);
     Ok((sum, y, rstd))
 }
 
