@@ -33,9 +33,11 @@ pub struct BenchArgs {
     /// (e.g. llama2-7b), built on the device, trained on random token ids; no files needed.
     #[arg(long, conflicts_with_all = ["model", "data", "peer"])]
     pub preset: Option<String>,
-    #[arg(long, default_value_t = 256)]
+    /// Tokens per window (also --seq).
+    #[arg(long, visible_alias = "seq", default_value_t = 256)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 4)]
+    /// Windows per step (also --batch).
+    #[arg(long, visible_alias = "batch", default_value_t = 4)]
     pub batch_size: usize,
     /// LoRA rank.
     #[arg(long, default_value_t = 16)]
