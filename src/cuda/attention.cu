@@ -2,7 +2,7 @@
 //
 // Layout (no head transposes): q, o, dout, dq are (N, NH*D) with N = B*T token rows; k, v,
 // dk, dv are (N, NKV*D). Query head h reads kv head h / (NH/NKV) (GQA). lse and dsum are
-// (B, NH, T) f32. kstart (N,) i32 is the first key a query may attend to, so query i sees
+// (B, NH, T) f32. kstart (N,) is the first key a query may attend to, so query i sees
 // keys kstart[i] <= j <= i: causal attention inside each packed example (padding queries
 // have kstart = i and see only themselves). kstart is non-decreasing along a row, which
 // bounds the key tiles a query block visits and the query tiles a key block visits.
@@ -11,8 +11,9 @@
 // scaled by scale*log2(e)), and lse stored as m + log2(l) in that base, which is what the
 // backward kernels read back. Nothing O(T^2) touches device memory.
 //
-// Each block is 4 warps; a warp owns 16 rows (queries in forward and dQ, keys in dK/dV)
-// and drives the m16n8k16 bf16 tensor-core MMA (common.cuh documents the fragment layouts).
+// Each block is WARPS warps (4 or 8, a template parameter); a warp owns 16 rows (queries in
+// forward and dQ, keys in dK/dV) and drives the m16n8k16 bf16 tensor-core MMA (common.cuh
+// documents the fragment layouts). kstart is read as int; the host passes it as u32.
 #include "common.cuh"
 
 #define TILE 64
@@ -115,7 +116,7 @@ __device__ __forceinline__ void for_each_kv_tile(bf16* Kbuf, bf16* Vbuf, const b
     }
 }
 
-// grid (ceil(T/64), B*NH), 128 threads, dynamic shared memory: K and V tiles, two stages
+// grid (ceil(T/(16*WARPS)), B*NH), 32*WARPS threads, dynamic shared memory: K and V tiles, two stages
 // each. o: (N, NH*D) bf16, lse: (B, NH, T) f32.
 template <int D, int WARPS>
 __device__ void flash_fwd(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
@@ -261,7 +262,7 @@ extern "C" __global__ void flash_bwd_dsum(const bf16* __restrict__ o, const bf16
 }
 
 // dQ = scale * dS K, dS = P * (dP - dsum), dP = dO V^T, P recomputed from lse.
-// grid (ceil(T/64), B*NH), 128 threads, dynamic shared memory as the forward's.
+// grid (ceil(T/(16*WARPS)), B*NH), 32*WARPS threads, dynamic shared memory as the forward's.
 template <int D, int WARPS>
 __device__ void flash_bwd_dq(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                              const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ dsum,
@@ -360,8 +361,8 @@ __device__ void flash_bwd_dq(const bf16* __restrict__ q, const bf16* __restrict_
 }
 
 // dV = sum over the group's query heads of P^T dO; dK = scale * sum of dS^T Q. A block owns
-// 64 keys of one kv head and walks the query tiles that can see them, so no atomics.
-// grid (ceil(T/64), B*NKV), 128 threads, dynamic shared memory: K and V tiles, two stages
+// 16*WARPS keys of one kv head and walks the 64-query tiles that can see them, so no atomics.
+// grid (ceil(T/(16*WARPS)), B*NKV), 32*WARPS threads, dynamic shared memory: K and V tiles, two stages
 // of Q and dO tiles and of 64 lse, dsum and kstart values.
 template <int D, int WARPS>
 __device__ void flash_bwd_dkdv(const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
