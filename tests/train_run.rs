@@ -381,3 +381,32 @@ fn early_stopping_ends_the_run_after_patience_evals_without_improvement() {
     assert!(d.join("run/adapter_model.safetensors").is_file());
     assert!(d.join("run/checkpoints/step-8/trainer_state.json").is_file());
 }
+
+/// `lora.init_from`: a second run starts from the first run's saved adapter, so its base eval
+/// (step 0) equals the first run's final eval, and its manifest hashes the adapter it started
+/// from; an adapter of another rank than the [lora] section says is refused, naming both.
+#[test]
+fn a_run_continues_from_a_saved_peft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d, 4, "");
+    let o = train(d, &["run.toml"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let first_final = read_json(&d.join("run/eval.json"))["final"]["loss"].as_f64().unwrap();
+
+    let o = train(d, &["run.toml", "--set", "output.dir=run2", "--set", "lora.init_from=run", "--set", "train.max_steps=2"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(common::stdout(&o).contains("adapter starts from run (r=4"), "{}", common::stdout(&o));
+    let m = read_jsonl(&d.join("run2/metrics.jsonl"));
+    let start = m[0]["eval_loss"].as_f64().unwrap();
+    assert_eq!(m[0]["step"], 0);
+    assert!((start - first_final).abs() <= 1e-12 * first_final, "continued run starts at {start}, the first ended at {first_final}");
+    let manifest = read_json(&d.join("run2/run.json"));
+    assert_eq!(manifest["init_adapter"]["sha256"], sha256_hex(&d.join("run/adapter_model.safetensors")));
+    assert!(read_json(&d.join("run/run.json"))["init_adapter"].is_null());
+
+    let o = train(d, &["run.toml", "--set", "output.dir=run3", "--set", "lora.init_from=run", "--set", "lora.r=8"]);
+    assert!(!o.status.success());
+    let err = common::stderr(&o);
+    assert!(err.contains("lora.init_from: run does not match the [lora] section: lora.r = 8 but the adapter has r = 4"), "{err}");
+}

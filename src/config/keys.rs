@@ -89,6 +89,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("lora", "dropout", Float),
     key("lora", "target_modules", StrList),
     key("lora", "use_rslora", Bool),
+    key("lora", "init_from", Str),
     required(
         "data",
         "train",
@@ -150,6 +151,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("lora_target_modules", "lora.target_modules"),
     ("modules", "lora.target_modules"),
     ("rslora", "lora.use_rslora"),
+    ("lora_model_dir", "lora.init_from"),
+    ("adapter", "lora.init_from"),
     ("files", "data.train"),
     ("train_file", "data.train"),
     ("train_files", "data.train"),

@@ -83,6 +83,9 @@ pub struct LoraSection {
     pub target_modules: Vec<String>,
     /// rsLoRA: scale by `alpha / sqrt(r)` instead of `alpha / r`.
     pub use_rslora: bool,
+    /// A PEFT adapter folder to start from instead of a fresh init (continue fine-tuning);
+    /// its r, scaling and target modules must be the ones above.
+    pub init_from: Option<String>,
 }
 
 /// `[data]`: the training and eval sets.
@@ -247,6 +250,7 @@ impl Default for LoraSection {
                 .map(String::from)
                 .to_vec(),
             use_rslora: false,
+            init_from: None,
         }
     }
 }

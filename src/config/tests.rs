@@ -645,6 +645,7 @@ fn key_table_matches_the_structs() {
     cfg.data.eval = Some("e.jsonl".into());
     cfg.train.max_steps = Some(3);
     cfg.device.threads = Some(1);
+    cfg.lora.init_from = Some("runs/a".into());
     let toml::Value::Table(doc) = toml::Value::try_from(&cfg).unwrap() else {
         panic!()
     };
@@ -681,6 +682,19 @@ fn from_file_names_a_missing_file() {
             .starts_with("no/such/run.toml: cannot read the config file: "),
         "{err}"
     );
+}
+
+/// configs/llama2-7b-lora.toml (run on the GPU machine by scripts/gpu/train-7b.sh) parses and
+/// validates here too.
+#[test]
+fn shipped_llama2_7b_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama2-7b-lora.toml");
+    let cfg = TrainConfig::from_file(&path, &[]).unwrap();
+    assert_eq!(cfg.model.path, "models/llama2-7b-random");
+    assert_eq!(cfg.model.dtype.as_deref(), Some("bf16"));
+    assert_eq!(cfg.device.name, "cuda");
+    assert_eq!((cfg.lora.r, cfg.data.max_seq_len, cfg.data.packing), (16, 1024, true));
+    assert_eq!((cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.max_steps), (4, 2, Some(30)));
 }
 
 #[test]

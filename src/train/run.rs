@@ -78,6 +78,8 @@ struct Manifest {
     config: TrainConfig,
     base_model: ModelIdentity,
     base_model_files: Vec<WeightFile>,
+    /// The adapter file a fresh run started from (`lora.init_from`), hashed.
+    init_adapter: Option<WeightFile>,
     data: Vec<DataFileStats>,
     eval_set: &'static str,
     train_examples: usize,
@@ -123,6 +125,36 @@ fn now() -> String {
 /// Mean target-token loss of `examples` with the adapter applied.
 pub fn eval_loss(model: &Llama, lora: &LoraWeights, examples: &[EncodedExample], batch_size: usize, pad: u32) -> Result<f64> {
     Ok(crate::eval::evaluate(model, Some(lora), examples, batch_size, pad, |_, _| {})?.loss)
+}
+
+/// The adapter of `lora.init_from`, checked against the run's [lora] section: its rank,
+/// scaling, rsLoRA flag and target modules must be the same (the config stays the one
+/// description of what trains), else the error names each key with both values.
+fn start_adapter(dir: &Path, spec: &LoraSpec, cfg: &crate::model::ModelConfig, device: &candle_core::Device) -> Result<(LoraWeights, WeightFile)> {
+    let lora = lora::load_adapter(dir, cfg, device).with_context(|| format!("lora.init_from: {}", dir.display()))?;
+    let a = &lora.spec;
+    let names = |t: &[Target]| t.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
+    let mut diffs = Vec::new();
+    if a.r != spec.r {
+        diffs.push(format!("lora.r = {} but the adapter has r = {}", spec.r, a.r));
+    }
+    if (a.alpha - spec.alpha).abs() > 1e-9 * spec.alpha.abs().max(1.0) {
+        diffs.push(format!("lora.alpha = {} but the adapter has lora_alpha = {}", spec.alpha, a.alpha));
+    }
+    if a.use_rslora != spec.use_rslora {
+        diffs.push(format!("lora.use_rslora = {} but the adapter has use_rslora = {}", spec.use_rslora, a.use_rslora));
+    }
+    if a.targets != spec.targets {
+        diffs.push(format!("lora.target_modules = [{}] but the adapter targets [{}]", names(&spec.targets), names(&a.targets)));
+    }
+    if !diffs.is_empty() {
+        anyhow::bail!("lora.init_from: {} does not match the [lora] section: {}", dir.display(), diffs.join("; "));
+    }
+    let weights = dir.join(lora::ADAPTER_WEIGHTS_FILE);
+    let (sha256, bytes) = batches::sha256_file(&weights).with_context(|| format!("hashing {}", weights.display()))?;
+    // Dropout is a training choice of this run, not part of the saved adapter.
+    let lora = LoraWeights { spec: LoraSpec { dropout: spec.dropout, ..lora.spec }, ..lora };
+    Ok((lora, WeightFile { path: weights, bytes, sha256 }))
 }
 
 fn lora_spec(cfg: &TrainConfig) -> LoraSpec {
@@ -233,9 +265,16 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         weight_files.push(WeightFile { path: p.clone(), bytes, sha256 });
     }
 
-    // Adapter, optimizer, state: fresh or from the newest checkpoint.
+    // Adapter, optimizer, state: fresh (or from lora.init_from) or from the newest checkpoint.
     let spec = lora_spec(cfg);
-    let mut lora = LoraWeights::init(&spec, &model.config, cfg.train.seed, &opts.device)?;
+    let (mut lora, init_adapter) = match &cfg.lora.init_from {
+        None => (LoraWeights::init(&spec, &model.config, cfg.train.seed, &opts.device)?, None),
+        Some(dir) => {
+            let (lora, file) = start_adapter(Path::new(dir), &spec, &model.config, &opts.device)?;
+            println!("adapter starts from {dir} (r={}, {} tensors)", spec.r, lora.tensors().len());
+            (lora, Some(file))
+        }
+    };
     let adam = AdamWConfig { beta1: cfg.train.adam_beta1, beta2: cfg.train.adam_beta2, eps: cfg.train.adam_eps, weight_decay: cfg.train.weight_decay };
     let mut opt = AdamW::new(adam, &lora.tensors())?;
     let mut state = TrainerState {
@@ -292,6 +331,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         config: cfg.clone(),
         base_model: loaded.identity.clone(),
         base_model_files: weight_files,
+        init_adapter,
         data: files,
         eval_set,
         train_examples: train.len(),
