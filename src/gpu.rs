@@ -16,13 +16,15 @@ pub struct PeakMemory {
     pub tensors: u64,
     /// Most bytes the pool held from the driver (tensors plus cached free blocks).
     pub reserved: u64,
-    /// Device memory in use before the pool took any (CUDA context, cuBLAS workspace,
-    /// loaded kernels), so `reserved + baseline` is comparable with nvidia-smi's figure.
+    /// Device memory in use when the device was opened, before the pool took any (the
+    /// CUDA context and cuBLAS handle). What the driver takes later outside the pool
+    /// (kernel modules as they load, cuBLAS workspaces) is not in it: nvidia-smi reads
+    /// about 0.1 GiB more than `reserved + baseline` on the H100.
     pub baseline: u64,
 }
 
 impl PeakMemory {
-    /// What nvidia-smi would report at the peak, as bytes.
+    /// The pool's peak plus what the device held at open: nearly nvidia-smi's figure.
     pub fn device_total(&self) -> u64 {
         self.reserved + self.baseline
     }

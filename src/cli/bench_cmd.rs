@@ -252,11 +252,11 @@ fn print_ours(r: &BenchResult) {
     if let Some(m) = &r.peak_device {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         println!(
-            "device mem   peak {:.2} GiB as nvidia-smi counts it (tensors {:.2} GiB at most; pool {:.2} GiB + {:.2} GiB context)",
+            "device mem   peak {:.2} GiB (memory pool {:.2} GiB + {:.2} GiB in use at open; tensors {:.2} GiB at most)",
             gib(m.device_total()),
-            gib(m.tensors),
             gib(m.reserved),
-            gib(m.baseline)
+            gib(m.baseline),
+            gib(m.tensors)
         );
     }
     match (r.matmul_tflops, r.mfu) {

@@ -154,7 +154,7 @@ pub struct BenchResult {
     pub other_cpu_cores: Option<f64>,
     pub steal_cores: Option<f64>,
     /// On CUDA: peak device memory from the step's start to the last step (the pool's
-    /// high-water marks; `device_total` adds the context's own use, as nvidia-smi counts).
+    /// high-water marks; `device_total` adds what the device held when opened).
     pub peak_device: Option<crate::gpu::PeakMemory>,
     /// Model FLOPs per trained token (see `flops_per_token`), and what the device did of
     /// them against a measured dense matmul rate in the step's dtype.
