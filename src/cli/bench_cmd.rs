@@ -149,7 +149,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None
     };
 
-    let device_is_cpu = device.is_cpu();
     let opts = BenchOptions {
         model: a.model.clone(),
         data: a.data.clone(),
@@ -166,7 +165,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         dtype,
         gradient_checkpointing: a.gradient_checkpointing,
         profile: a.profile,
-        measure_matmul: !device_is_cpu,
     };
     eprintln!(
         "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",

@@ -58,8 +58,6 @@ pub struct BenchOptions {
     pub gradient_checkpointing: bool,
     /// Time every operation of the timed steps (synchronizing around each: slower steps).
     pub profile: bool,
-    /// Time a large matmul after the steps, for MFU.
-    pub measure_matmul: bool,
 }
 
 impl Default for BenchOptions {
@@ -80,7 +78,6 @@ impl Default for BenchOptions {
             dtype: None,
             gradient_checkpointing: false,
             profile: false,
-            measure_matmul: false,
         }
     }
 }
@@ -363,7 +360,8 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let train_peak = if reset { peak_rss_mib() } else { None };
     let peak_device = crate::gpu::peak_memory(&opts.device)?;
     let flops = flops_per_token(&model.config, &opts.targets, opts.r, s);
-    let matmul_tflops = if opts.measure_matmul { Some(matmul_rate(&opts.device, dtype)? / 1e12) } else { None };
+    // MFU on accelerators, where the step is matmul-bound by design; the CPU step is not.
+    let matmul_tflops = if opts.device.is_cpu() { None } else { Some(matmul_rate(&opts.device, dtype)? / 1e12) };
     let peak = match (load_peak, peak_rss_mib()) {
         (Some(a), Some(c)) => Some(a.max(c)),
         (a, c) => a.or(c),

@@ -288,40 +288,40 @@ pub fn layer_forward(
         ops::attention_block_forward(&qp, &kp, &vp, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
     })?;
     // Temporaries go as soon as they are used (at 4096 tokens each is 32-90 MB), and without
-    // `save` so do the tensors that only backward would read.
+    // `save` so do the tensors that only backward would read. Norm outputs are kept only off
+    // CUDA: there backward recomputes them in one fused pass.
     drop((qp, kp, vp));
-    let (h_attn, attn_saved) = if save { (Some(h_attn), Some(attn_saved)) } else { (None, None) };
+    let keep_norm_outputs = save && !ops::cuda_bf16(x);
+    let h_attn = keep_norm_outputs.then_some(h_attn);
+    let attn_saved = save.then_some(attn_saved);
     let o = proj(Target::OProj, &w.self_attn.o_proj, &attn)?;
     let attn = save.then_some(attn);
     let (x_mid, h_mlp, rstd_mlp) = timed(p, "residual add + rms_norm fwd", || ops::add_rms_norm_forward(x, &o, &w.post_attention_layernorm, cfg.rms_norm_eps))?;
     drop(o);
     let gate = proj(Target::GateProj, &w.mlp.gate_proj, &h_mlp)?;
     let up = proj(Target::UpProj, &w.mlp.up_proj, &h_mlp)?;
-    let h_mlp = save.then_some(h_mlp);
-    let mut gate_up = Some((gate, up));
-    let out = if mode != LayerMode::Recompute || lora.get(Target::DownProj).is_some() {
-        let (gate, up) = gate_up.as_ref().expect("set above");
-        let act = timed(p, "swiglu fwd", || ops::swiglu_forward(gate, up))?;
-        if !save {
-            gate_up = None;
-        }
-        let down = proj(Target::DownProj, &w.mlp.down_proj, &act)?;
-        drop(act);
-        Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?).filter(|_| mode != LayerMode::Recompute)
-    } else {
-        None
+    let h_mlp = keep_norm_outputs.then_some(h_mlp);
+    // The recompute runs the down projection only for its adapter's saved input.
+    let act = match mode != LayerMode::Recompute || lora.get(Target::DownProj).is_some() {
+        true => Some(timed(p, "swiglu fwd", || ops::swiglu_forward(&gate, &up))?),
+        false => None,
     };
-    let keep_norm_outputs = !ops::cuda_bf16(x);
+    let gate_up = save.then_some((gate, up));
+    let down = act.map(|act| proj(Target::DownProj, &w.mlp.down_proj, &act)).transpose()?;
+    let out = match (down, mode) {
+        (Some(down), LayerMode::Output | LayerMode::Train) => Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?),
+        _ => None,
+    };
     let acts = match (attn_saved, attn, gate_up) {
-        (Some(attn_saved), Some(attn), Some((gate, up))) if save => Some(LayerActs {
+        (Some(attn_saved), Some(attn), Some((gate, up))) => Some(LayerActs {
             x: x.clone(),
             rstd_attn,
-            h_attn: h_attn.filter(|_| keep_norm_outputs),
+            h_attn,
             attn: attn_saved,
             ctx: attn,
             x_mid,
             rstd_mlp,
-            h_mlp: h_mlp.filter(|_| keep_norm_outputs),
+            h_mlp,
             gate,
             up,
             lora: saved,
