@@ -10,6 +10,8 @@
 //! - [`config`]: the training run's TOML configuration, validated at the edge;
 //! - [`eval`]: mean target-token loss and perplexity over a data set;
 //! - [`lora`]: adapters (A/B matrices), their init and PEFT's file format;
+//! - [`generate`]: text generation with a KV cache and an optional unmerged adapter;
+//! - [`merge`]: adapters folded into the base, written as a full Hugging Face checkpoint;
 //! - [`train`]: the frozen-base training step and the run around it;
 //! - [`gpu`]: opening a CUDA device for training and reading its peak memory;
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
@@ -22,6 +24,8 @@ pub mod tokenizer;
 pub mod model;
 pub mod encode;
 pub mod eval;
+pub mod generate;
+pub mod merge;
 pub mod lora;
 pub mod train;
 pub mod gpu;

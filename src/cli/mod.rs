@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod bench_cmd;
 mod eval_cmd;
+mod generate_cmd;
 mod init_model_cmd;
+mod merge_cmd;
 mod progress;
 mod train_cmd;
 
@@ -24,8 +26,12 @@ pub enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Mean loss over the target tokens of a JSONL data set, and perplexity.
     Eval(eval_cmd::EvalArgs),
+    /// Generate text for a prompt (streamed) or a JSONL file of prompts, with an optional adapter.
+    Generate(generate_cmd::GenerateArgs),
     /// Write a checkpoint with random weights (tiny test models or full-size shapes).
     InitModel(init_model_cmd::InitModelArgs),
+    /// Fold an adapter into its base model and write a full Hugging Face checkpoint.
+    Merge(merge_cmd::MergeArgs),
     /// Train a LoRA adapter from a TOML config (or --resume a run folder).
     Train(train_cmd::TrainArgs),
 }
@@ -35,7 +41,9 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Bench(a) => bench_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
+        Command::Generate(a) => generate_cmd::run(a),
         Command::InitModel(a) => init_model_cmd::run(a),
+        Command::Merge(a) => merge_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),
     }
 }

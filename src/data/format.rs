@@ -246,6 +246,10 @@ fn parse_alpaca(obj: &Map<String, Value>) -> Result<Record, RecordProblem> {
 }
 
 fn parse_messages(obj: &Map<String, Value>) -> Result<Record, RecordProblem> {
+    finish_conversation(messages_turns(obj)?)
+}
+
+fn messages_turns(obj: &Map<String, Value>) -> Result<Vec<Message>, RecordProblem> {
     let items = required_array(obj, "messages")?;
     let mut messages = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -268,10 +272,14 @@ fn parse_messages(obj: &Map<String, Value>) -> Result<Record, RecordProblem> {
         let content = required_str(turn, "content", &format!("{path}.content"))?;
         messages.push(Message::new(role, content));
     }
-    finish_conversation(messages)
+    Ok(messages)
 }
 
 fn parse_sharegpt(obj: &Map<String, Value>) -> Result<Record, RecordProblem> {
+    finish_conversation(sharegpt_turns(obj)?)
+}
+
+fn sharegpt_turns(obj: &Map<String, Value>) -> Result<Vec<Message>, RecordProblem> {
     let items = required_array(obj, "conversations")?;
     let mut messages = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -294,7 +302,63 @@ fn parse_sharegpt(obj: &Map<String, Value>) -> Result<Record, RecordProblem> {
         let value = required_str(turn, "value", &format!("{path}.value"))?;
         messages.push(Message::new(role, value));
     }
-    finish_conversation(messages)
+    Ok(messages)
+}
+
+/// A prompt for generation: the conversation up to its last assistant turn, and that
+/// turn's text as the reference answer when there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptRecord {
+    /// Ends with a user turn.
+    pub messages: Vec<Message>,
+    pub reference: Option<String>,
+}
+
+/// Reads a prompt from any training record (alpaca, messages, sharegpt,
+/// prompt/completion) or from a prompt-only one: `{"prompt": ...}` without a completion,
+/// or `messages` / `conversations` that end on a user turn. A top-level `system` string
+/// becomes the system turn when the record has none.
+pub fn parse_prompt(value: &Value) -> Result<PromptRecord, RecordProblem> {
+    let obj = value.as_object().ok_or(RecordProblem::NotAnObject { got: json_kind(value) })?;
+    let mut messages = if obj.contains_key("messages") {
+        messages_turns(obj)?
+    } else if obj.contains_key("conversations") {
+        sharegpt_turns(obj)?
+    } else if obj.contains_key("prompt") {
+        let mut m = vec![Message::new(Role::User, required_str(obj, "prompt", "prompt")?)];
+        if let Some(c) = optional_str(obj, "completion")? {
+            m.push(Message::new(Role::Assistant, c));
+        }
+        m
+    } else if obj.contains_key("instruction") {
+        // A prompt-only alpaca record has no output; an empty one is dropped below.
+        let mut with_output = obj.clone();
+        with_output.entry("output").or_insert(Value::String(String::new()));
+        match parse_alpaca(&with_output)? {
+            Record::Conversation(m) => m,
+            _ => unreachable!("alpaca records are conversations"),
+        }
+    } else {
+        return Err(RecordProblem::MissingField { field: "prompt (or messages, conversations, instruction)".into() });
+    };
+    let reference = match messages.last() {
+        Some(m) if m.role == Role::Assistant => messages.pop().map(|m| m.content),
+        _ => None,
+    };
+    let reference = reference.filter(|r| !(obj.contains_key("instruction") && !obj.contains_key("output") && r.is_empty()));
+    match messages.last() {
+        None => return Err(RecordProblem::EmptyConversation),
+        Some(m) if m.role != Role::User => {
+            return Err(RecordProblem::MissingField { field: format!("a user turn to answer (the conversation ends with {})", m.role) })
+        }
+        _ => {}
+    }
+    if let Some(system) = optional_str(obj, "system")?.filter(|s| !s.is_empty()) {
+        if messages[0].role != Role::System {
+            messages.insert(0, Message::new(Role::System, system));
+        }
+    }
+    Ok(PromptRecord { messages, reference })
 }
 
 /// Conversation-level checks shared by messages and sharegpt. An empty

@@ -299,27 +299,50 @@ struct LineParser<'a> {
     detected_at: Option<usize>,
 }
 
+/// One line's JSON value; `Ok(None)` for a blank line.
+fn parse_json_line(path: &Path, line: usize, raw: &[u8]) -> Result<Option<Value>, DataError> {
+    let text = decode_line(raw, line).map_err(|offset| DataError::InvalidUtf8 { path: path.to_owned(), line, offset })?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text).map(Some).map_err(|e| {
+        let (message, column) = split_json_error(&e);
+        DataError::InvalidJson { path: path.to_owned(), line, message, column }
+    })
+}
+
+/// Prompts for generation, one per non-blank line, each with its line number: any
+/// training record (its last assistant turn becomes the reference) or a prompt-only
+/// record (see [`super::parse_prompt`]). The first bad line stops the read.
+pub fn read_prompts(path: &Path) -> Result<Vec<(usize, super::PromptRecord)>, DataError> {
+    let file = File::open(path).map_err(|error| DataError::Open { path: path.to_owned(), error })?;
+    let mut reader = BufReader::new(file);
+    let (mut out, mut buf, mut line) = (Vec::new(), Vec::new(), 0usize);
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|error| DataError::Read { path: path.to_owned(), line: line + 1, error })?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        if let Some(value) = parse_json_line(path, line, &buf)? {
+            let prompt = super::parse_prompt(&value).map_err(|problem| DataError::Record { path: path.to_owned(), line, problem })?;
+            out.push((line, prompt));
+        }
+    }
+    if out.is_empty() {
+        return Err(DataError::NoRecords { path: path.to_owned() });
+    }
+    Ok(out)
+}
+
 impl LineParser<'_> {
     /// `Ok(None)` for a blank line.
     fn parse_line(&mut self, line: usize, raw: &[u8]) -> Result<Option<super::Record>, DataError> {
         let path = || self.path.to_owned();
-        let text = decode_line(raw, line).map_err(|offset| DataError::InvalidUtf8 {
-            path: path(),
-            line,
-            offset,
-        })?;
-        if text.trim().is_empty() {
+        let Some(value) = parse_json_line(self.path, line, raw)? else {
             return Ok(None);
-        }
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            let (message, column) = split_json_error(&e);
-            DataError::InvalidJson {
-                path: path(),
-                line,
-                message,
-                column,
-            }
-        })?;
+        };
         let Some(obj) = value.as_object() else {
             let problem = RecordProblem::NotAnObject {
                 got: json_kind(&value),

@@ -14,8 +14,8 @@ mod jsonl;
 
 use std::path::PathBuf;
 
-pub use format::{detect_format, parse_record, DataFormat, Record, RecordProblem};
-pub use jsonl::{read_jsonl, read_jsonl_from, BadRecordPolicy, DataError};
+pub use format::{detect_format, parse_prompt, parse_record, DataFormat, PromptRecord, Record, RecordProblem};
+pub use jsonl::{read_jsonl, read_jsonl_from, read_prompts, BadRecordPolicy, DataError};
 
 /// A record with the line it came from, kept so later stages (tokenising,
 /// length checks) can still point the user at the source line.

@@ -144,12 +144,23 @@ fn swap_row_groups(w: &Tensor, n_head: usize, to_interleaved: bool) -> candle_co
     w.reshape(grid)?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
-/// Dequantizes every expected tensor to f32, undoes the q/k permutation, then converts
-/// to `dtype` on `device`. Returns HF-named tensors. Dequantization is CPU-bound and
-/// single-threaded per tensor in candle, so tensors are spread over all cores, each worker
-/// reading through its own file handle.
-pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
-    // Check names and shapes first, so a bad file fails before any heavy work.
+/// One tensor, dequantized to f32 on the CPU with llama.cpp's q/k row order undone: `name`
+/// is its HF name, `g` its GGUF name (names and shapes already checked by the caller).
+pub fn read_tensor_f32(cfg: &ModelConfig, content: &Content, file: &mut std::fs::File, path: &Path, name: &str, g: &str) -> Result<Tensor, LoadError> {
+    let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
+    let t = content.tensor(file, g, &Device::Cpu).map_err(terr)?.dequantize(&Device::Cpu).map_err(terr)?;
+    if name.contains("self_attn.q_proj.") {
+        unpermute_rows(&t, cfg.num_attention_heads).map_err(terr)
+    } else if name.contains("self_attn.k_proj.") {
+        unpermute_rows(&t, cfg.num_key_value_heads).map_err(terr)
+    } else {
+        Ok(t)
+    }
+}
+
+/// HF name -> GGUF name of every tensor `cfg` expects, checked against the file's
+/// directory (presence and shape) before any data is read.
+pub fn checked_names(cfg: &ModelConfig, content: &Content, path: &Path) -> Result<Vec<(String, String)>, LoadError> {
     let mut jobs = Vec::new();
     for (name, shape) in cfg.expected_tensors() {
         let g = gguf_name(&name).expect("every expected tensor has a GGUF name");
@@ -162,15 +173,19 @@ pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DT
         }
         jobs.push((name, g));
     }
+    Ok(jobs)
+}
+
+/// Dequantizes every expected tensor to f32, undoes the q/k permutation, then converts
+/// to `dtype` on `device`. Returns HF-named tensors. Dequantization is CPU-bound and
+/// single-threaded per tensor in candle, so tensors are spread over all cores, each worker
+/// reading through its own file handle.
+pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
+    // Check names and shapes first, so a bad file fails before any heavy work.
+    let jobs = checked_names(cfg, content, path)?;
     let load_one = |file: &mut std::fs::File, name: &str, g: &str| -> Result<Tensor, LoadError> {
         let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
-        let mut t = content.tensor(file, g, &Device::Cpu).map_err(terr)?.dequantize(&Device::Cpu).map_err(terr)?;
-        if name.contains("self_attn.q_proj.") {
-            t = unpermute_rows(&t, cfg.num_attention_heads).map_err(terr)?;
-        } else if name.contains("self_attn.k_proj.") {
-            t = unpermute_rows(&t, cfg.num_key_value_heads).map_err(terr)?;
-        }
-        t.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)
+        read_tensor_f32(cfg, content, file, path, name, g)?.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)
     };
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len().max(1));
     let results: Vec<Result<Vec<(String, Tensor)>, LoadError>> = std::thread::scope(|s| {

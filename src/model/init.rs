@@ -8,7 +8,6 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +15,7 @@ use super::config::{Architecture, Llama3RopeScaling, ModelConfig};
 use super::llama::{Llama, LlamaWeights};
 use super::error::LoadError;
 use super::gguf_source::{gguf_name, permute_rows};
-use super::safetensors_source::{INDEX_FILE, SINGLE_FILE};
+use super::shard_writer::{self, write_json};
 use crate::tokenizer::Tokenizer;
 
 pub const PRESETS: &[&str] = &["tiny", "tiny-qwen2", "tiny-llama3", "llama2-7b", "mistral-7b", "qwen2.5-7b", "llama3-8b"];
@@ -199,44 +198,21 @@ pub fn write_random_checkpoint(cfg: &ModelConfig, tokenizer: &Tokenizer, dir: &P
     write_json(&dir.join("generation_config.json"), &gen)?;
     tokenizer.save_hf(dir)?;
 
-    let tensors = cfg.expected_tensors();
-    let elem = opts.dtype.size_in_bytes() as u64;
-    // Plan shards by size first so file names can carry the shard count.
-    let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new()];
-    let mut current = 0u64;
-    for (name, shape) in tensors {
-        let bytes = shape.iter().product::<usize>() as u64 * elem;
-        if current > 0 && current + bytes > opts.max_shard_bytes {
-            shards.push(Vec::new());
-            current = 0;
-        }
-        current += bytes;
-        shards.last_mut().expect("non-empty").push((name, shape));
-    }
-    let n = shards.len();
-    let mut weight_map = BTreeMap::new();
     let mut gguf_tensors: Vec<(String, QTensor)> = Vec::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let file = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
-        let mut named = Vec::with_capacity(shard.len());
-        for (name, shape) in shard {
+    shard_writer::write_shards(
+        dir,
+        &cfg.expected_tensors(),
+        opts.dtype,
+        opts.max_shard_bytes,
+        |name, shape| {
             let t = init_tensor(name, shape, opts.seed, opts.init_std)?;
             if opts.gguf.is_some() {
                 gguf_tensors.push((gguf_name(name).expect("known name"), gguf_tensor(&cfg, name, &t)?));
             }
-            named.push((name.clone(), t.to_dtype(opts.dtype)?));
-            weight_map.insert(name.clone(), file.clone());
-        }
-        let path = dir.join(&file);
-        atomic_write(&path, |tmp| {
-            let map: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
-            candle_core::safetensors::save(&map, tmp).map_err(|e| std::io::Error::other(e.to_string()))
-        })?;
-    }
-    if n > 1 {
-        let total: u64 = cfg.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>() as u64 * elem).sum();
-        write_json(&dir.join(INDEX_FILE), &serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map }))?;
-    }
+            Ok(t)
+        },
+        |_| {},
+    )?;
     if let Some(gguf_path) = &opts.gguf {
         write_gguf(&cfg, tokenizer, &gguf_tensors, gguf_path)?;
     }
@@ -288,11 +264,6 @@ fn write_gguf(cfg: &ModelConfig, tokenizer: &Tokenizer, tensors: &[(String, QTen
         gguf_file::write(&mut f, &meta_refs, &tensor_refs).map_err(|e| std::io::Error::other(e.to_string()))?;
         f.flush()
     })
-}
-
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), LoadError> {
-    let text = serde_json::to_string_pretty(value).expect("serialisable") + "\n";
-    atomic_write(path, |tmp| std::fs::write(tmp, &text))
 }
 
 fn atomic_write(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {

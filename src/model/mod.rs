@@ -9,6 +9,8 @@ pub mod gpu_upload;
 pub mod hub;
 pub mod llama;
 pub mod safetensors_source;
+pub mod shard_writer;
+pub mod tensor_reader;
 
 pub use checkpoint::{load, LoadOptions, LoadedModel, ModelIdentity, ModelSource};
 pub use config::{Architecture, ModelConfig};

@@ -56,6 +56,19 @@ impl WeightFiles {
     }
 }
 
+impl WeightFiles {
+    /// Index into `files` of the file holding `name`.
+    pub fn file_of(&self, name: &str) -> Result<usize, LoadError> {
+        match &self.routing {
+            None => Ok(0),
+            Some(r) => r.get(name).copied().ok_or_else(|| LoadError::MissingTensor {
+                path: self.index.clone().unwrap_or_default(),
+                tensor: name.to_string(),
+            }),
+        }
+    }
+}
+
 /// The (tensor, shard file) pairs of a `model.safetensors.index.json`.
 pub fn read_index(index: &Path) -> Result<Vec<(String, String)>, LoadError> {
     let bad = |msg: String| LoadError::Config { path: index.to_path_buf(), msg };
@@ -75,14 +88,7 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
     // Group by file so each file is mapped once.
     let mut per_file: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); files.files.len()];
     for (name, shape) in cfg.expected_tensors() {
-        let idx = match &files.routing {
-            None => 0,
-            Some(r) => *r.get(&name).ok_or_else(|| LoadError::MissingTensor {
-                path: files.index.clone().unwrap_or_default(),
-                tensor: name.clone(),
-            })?,
-        };
-        per_file[idx].push((name, shape));
+        per_file[files.file_of(&name)?].push((name, shape));
     }
     let mut out = HashMap::new();
     #[cfg(feature = "cuda")]
@@ -105,17 +111,7 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
         let st = safetensors::SafeTensors::deserialize(&mmap)
             .map_err(|e| LoadError::Safetensors { path: path.clone(), msg: e.to_string() })?;
         for (name, shape) in wanted {
-            let view = st
-                .tensor(&name)
-                .map_err(|_| LoadError::MissingTensor { path: path.clone(), tensor: name.clone() })?;
-            if view.shape() != shape.as_slice() {
-                return Err(LoadError::ShapeMismatch {
-                    path: path.clone(),
-                    tensor: name,
-                    expected: shape,
-                    found: view.shape().to_vec(),
-                });
-            }
+            let view = checked_view(&st, path, &name, &shape)?;
             let terr = |e: candle_core::Error| LoadError::Tensor { path: path.clone(), tensor: name.clone(), msg: e.to_string() };
             // Stored in the compute dtype and bound for a GPU: straight from the map to the
             // device through pinned buffers (gpu_upload), no host-side conversion.
@@ -131,6 +127,15 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
         }
     }
     Ok(out)
+}
+
+/// The tensor `name` of a mapped file, checked to have `shape`.
+pub fn checked_view<'a>(st: &'a safetensors::SafeTensors<'a>, path: &Path, name: &str, shape: &[usize]) -> Result<safetensors::tensor::TensorView<'a>, LoadError> {
+    let view = st.tensor(name).map_err(|_| LoadError::MissingTensor { path: path.to_path_buf(), tensor: name.to_string() })?;
+    if view.shape() != shape {
+        return Err(LoadError::ShapeMismatch { path: path.to_path_buf(), tensor: name.to_string(), expected: shape.to_vec(), found: view.shape().to_vec() });
+    }
+    Ok(view)
 }
 
 /// The candle dtype of a safetensors dtype that loads without conversion.
