@@ -151,3 +151,38 @@ fn mismatched_adapters_and_existing_outputs_are_refused() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(!out.join("old.txt").exists() && out.join("model.safetensors").is_file());
 }
+
+/// transformers loads the merged folder and computes the same loss as PEFT's own
+/// merge_and_unload, whose weights were identical (max difference 0;
+/// tests/fixtures/merged_tiny_rslora.json from scripts/reference/check_merged.py); loratune's
+/// loss on its merged folder equals transformers' loss on it.
+#[test]
+fn transformers_loads_the_merged_folder_with_peft_merge_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = common::init_tiny(dir.path(), "tiny", &[]);
+    let adapter_dir = common::repo_root().join("tests/fixtures/peft_adapter_tiny_rslora");
+    let out = dir.path().join("merged");
+    let o = merge(dir.path(), &base_dir, &adapter_dir, &out, &["--dtype", "f32"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let fixture = common::fixture("merged_tiny_rslora.json");
+    // Byte equality with the file transformers loaded holds where the CPU rounds B·A as it did
+    // here; the loss below is the check that matters, so a difference is only reported.
+    let (sha, _) = loratune::train::batches::sha256_file(&out.join("model.safetensors")).unwrap();
+    let same_file = fixture["merged_files"]["model.safetensors"] == sha.as_str();
+    eprintln!("merged file identical to the one transformers loaded: {same_file}");
+
+    let merged = load(&out);
+    let examples: Vec<loratune::encode::EncodedExample> = fixture["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let ids: Vec<u32> = row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            loratune::encode::EncodedExample { target_mask: vec![1; ids.len()], input_ids: ids, truncated: false }
+        })
+        .collect();
+    let summary = loratune::eval::evaluate(&merged.model, None, &examples, 2, 0, |_, _| {}).unwrap();
+    let reference = fixture["transformers_loss_of_merged"].as_f64().unwrap();
+    eprintln!("merged tiny: loratune loss {:.7}, transformers {reference:.7}", summary.loss);
+    assert!((summary.loss - reference).abs() < 1e-5 * reference, "{} vs {reference}", summary.loss);
+}
