@@ -136,10 +136,10 @@ mod tests {
         assert_eq!(top_k[0], 0, "top-2 never draws the least likely: {top_k:?}");
         // Renormalised over {0.2, 0.7}: 0.222 / 0.778.
         assert!((top_k[1] as f64 / 5000.0 - 0.2222).abs() < 0.02, "{top_k:?}");
-        // top_p 0.7 keeps only the 0.7 token; 0.75 keeps the 0.7 and 0.2 tokens.
-        let only = draw(SamplingParams { temperature: 1.0, top_p: 0.7, seed: 1, ..Default::default() }, &logits, 500);
+        // top_p 0.65 keeps only the 0.7 token; 0.8 keeps the 0.7 and 0.2 tokens.
+        let only = draw(SamplingParams { temperature: 1.0, top_p: 0.65, seed: 1, ..Default::default() }, &logits, 500);
         assert_eq!(only, vec![0, 0, 500]);
-        let two = draw(SamplingParams { temperature: 1.0, top_p: 0.75, seed: 1, ..Default::default() }, &logits, 2000);
+        let two = draw(SamplingParams { temperature: 1.0, top_p: 0.8, seed: 1, ..Default::default() }, &logits, 2000);
         assert_eq!(two[0], 0);
         assert!(two[1] > 0);
         // A low temperature sharpens towards the argmax.
