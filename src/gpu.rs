@@ -38,7 +38,7 @@ pub fn open_cuda(ordinal: usize) -> Result<Device> {
     Ok(device)
 }
 
-/// Starts a new peak window.
+/// Starts a new peak window (on CUDA, after returning the pool's free blocks).
 pub fn reset_peak_memory(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(d) = device {
@@ -106,6 +106,11 @@ mod imp {
 
     pub fn reset_peak(d: &CudaDevice) -> Result<()> {
         let p = pool(d)?;
+        // Hand the pool's cached free blocks back first: memory freed before the window
+        // (a dense copy replaced by blocks, say) is not part of what the window needs.
+        d.cuda_stream().synchronize().w()?;
+        // SAFETY: trims a pool this context owns; nothing is in flight after the sync.
+        unsafe { sys::cuMemPoolTrimTo(p, 0).result().w()? };
         set(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0)?;
         set(p, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, 0)
     }

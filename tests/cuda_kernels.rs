@@ -192,7 +192,7 @@ fn bf16_step_matches_f32_step() {
     // Both models hold the same bf16-rounded weights, so only the arithmetic differs.
     let m16 = random_model_as(&cfg, seed, 0.05, &dev, DType::BF16).unwrap();
     let named: std::collections::HashMap<String, Tensor> =
-        m16.weights.named_tensors(&cfg).into_iter().map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap())).collect();
+        m16.weights.named_tensors(&cfg).unwrap().into_iter().map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap())).collect();
     let w32 = loratune::model::llama::LlamaWeights::from_map(&cfg, named, std::path::Path::new("<f32 copy>")).unwrap();
     let m32 = loratune::model::Llama::new(cfg.clone(), w32).unwrap();
     let spec = LoraSpec { r: 8, alpha: 16.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
@@ -203,7 +203,7 @@ fn bf16_step_matches_f32_step() {
 
     let run = |m: &loratune::model::Llama, checkpointing: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
-        let opts = StepOptions { gradient_checkpointing: checkpointing, dropout: 0.0, profiler: None };
+        let opts = StepOptions { gradient_checkpointing: checkpointing, checkpoint_layers: None, dropout: 0.0, profiler: None };
         let st = forward_backward(m, &lora, &batch, 1.0 / batch.num_targets as f64, opts, &mut ChaCha8Rng::seed_from_u64(0), &mut grads).unwrap();
         (st.nll_sum / batch.num_targets as f64, grads.tensors())
     };
@@ -220,5 +220,69 @@ fn bf16_step_matches_f32_step() {
         let gr = (num / den).sqrt();
         println!("step LoRA gradients, all tensors: rel err {gr:.2e}");
         assert!(gr < 5e-2, "bf16 gradients differ from f32 by {gr:.3e}");
+    }
+}
+
+/// The bf16 dequantize kernels against candle's CPU decoders (rounded to bf16), for every
+/// block format QLoRA keeps on the GPU.
+#[test]
+fn dequantize_kernels_match_candle() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let dev = gpu();
+    let w = Tensor::randn(0f32, 0.3, (96, 512), &Device::Cpu).unwrap();
+    for format in loratune::model::quantized::CUDA_FORMATS {
+        let q = QTensor::quantize(&w, format).unwrap();
+        let want = q.dequantize(&Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        let qw = loratune::model::quantized::QuantizedWeight::new(q, &dev, DType::BF16).unwrap();
+        let got = qw.dequantize().unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+        let max = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        println!("dequantize {format:?}: max |gpu - candle| {max:.2e}");
+        // Equal up to one bf16 rounding step where f32 FMA contraction differs.
+        assert!(max <= 4e-3, "{format:?}: {max}");
+        assert_ne!(format, GgmlDType::F32);
+    }
+}
+
+/// QLoRA's bf16 step (projections in Q4_1 / Q4_K blocks, expanded by the kernels) against
+/// the dense bf16 step on the same, dequantized weights: loss and LoRA gradients.
+#[test]
+fn quantized_step_matches_dense_step_on_the_same_weights() {
+    let dev = gpu();
+    let cfg = ModelConfig {
+        vocab_size: 2048,
+        hidden_size: 512,
+        intermediate_size: 1536,
+        num_hidden_layers: 3,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 64,
+        ..preset("tiny").unwrap()
+    };
+    let spec = LoraSpec { r: 8, alpha: 16.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
+    let mut lora = LoraWeights::init(&spec, &cfg, 1, &dev).unwrap();
+    let ts: Vec<Tensor> = lora.tensors().iter().map(|t| Tensor::randn(0f32, 0.05, t.dims(), &dev).unwrap()).collect();
+    lora.set_tensors(ts.into_iter());
+    let batch = packed_batch(200, 90, 70, cfg.vocab_size, &dev);
+    for format in [candle_core::quantized::GgmlDType::Q4_1, candle_core::quantized::GgmlDType::Q4K] {
+        let mut q = random_model_as(&cfg, 5, 0.05, &dev, DType::BF16).unwrap();
+        loratune::model::quantized::quantize_model(&mut q, format).unwrap();
+        let named: std::collections::HashMap<String, Tensor> = q.weights.named_tensors(&cfg).unwrap().into_iter().collect();
+        let dense = loratune::model::Llama::new(cfg.clone(), loratune::model::llama::LlamaWeights::from_map(&cfg, named, std::path::Path::new("<dense>")).unwrap()).unwrap();
+        let run = |m: &loratune::model::Llama| {
+            let mut grads = LoraGrads::zeros(&lora).unwrap();
+            let opts = StepOptions { gradient_checkpointing: true, checkpoint_layers: None, dropout: 0.0, profiler: None };
+            let st = forward_backward(m, &lora, &batch, 1.0 / batch.num_targets as f64, opts, &mut ChaCha8Rng::seed_from_u64(0), &mut grads).unwrap();
+            (st.nll_sum / batch.num_targets as f64, grads.tensors())
+        };
+        let (lq, gq) = run(&q);
+        let (ld, gd) = run(&dense);
+        let r = (lq - ld).abs() / ld.abs();
+        let (num, den) = gq.iter().zip(&gd).fold((0f64, 0f64), |(n, d), (a, b)| {
+            let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            (n + diff, d + b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+        });
+        let gr = (num / den).sqrt();
+        println!("QLoRA {format:?} step: loss {lq:.6} vs dense {ld:.6} (rel {r:.2e}); gradients rel {gr:.2e}");
+        assert!(r < 1e-2 && gr < 1e-2, "{format:?}: loss rel {r}, gradients rel {gr}");
     }
 }

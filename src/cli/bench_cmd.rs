@@ -58,12 +58,19 @@ pub struct BenchArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// QLoRA: keep the projections quantized (gguf: a GGUF model's own blocks; q4_0, q4_1,
+    /// q4_k, q8_0: quantized at load, or after drawing a preset).
+    #[arg(long)]
+    pub quantize: Option<String>,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
     /// Keep only each layer's input and recompute it in backward (both sides).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Checkpoint only the first N layers (implies --gradient-checkpointing).
+    #[arg(long)]
+    pub checkpoint_layers: Option<usize>,
     /// Also time every operation of the timed steps and print where a step's time goes
     /// (synchronizes the device around each one, so the steps themselves run slower).
     #[arg(long)]
@@ -163,8 +170,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         device,
         dtype,
-        gradient_checkpointing: a.gradient_checkpointing,
+        gradient_checkpointing: a.gradient_checkpointing || a.checkpoint_layers.is_some(),
+        checkpoint_layers: a.checkpoint_layers,
         profile: a.profile,
+        quantize: a.quantize.as_deref().map(crate::model::quantized::Quantize::parse).transpose().map_err(|e| anyhow::anyhow!("--quantize: {e}"))?,
     };
     eprintln!(
         "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
@@ -235,6 +244,10 @@ fn print_ours(r: &BenchResult) {
         n => println!("data         {}: {n} conversations, {} tokens, {} windows of {}", r.data, r.stream_tokens, r.windows, r.seq_len),
     }
     println!("lora         r={} alpha={} on {} ({} parameters)", r.r, r.alpha, r.targets.join(","), r.lora_parameters);
+    match &r.quantize {
+        Some(q) => println!("base         projections quantized ({q}): {:.2} GiB of blocks", r.projection_bytes as f64 / (1u64 << 30) as f64),
+        None => println!("base         projections dense: {:.2} GiB", r.projection_bytes as f64 / (1u64 << 30) as f64),
+    }
     println!(
         "threads      {} (CANDLE_NUM_THREADS={})",
         r.threads,

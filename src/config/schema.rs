@@ -14,6 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// `model.dtype` values.
 pub const DTYPES: &[&str] = &["f32", "bf16", "f16"];
+/// `model.quantize` values (QLoRA): a GGUF file's own blocks, or a block format to
+/// quantize the projections to at load.
+pub const QUANTIZE: &[&str] = &["gguf", "q4_0", "q4_1", "q4_k", "q8_0"];
 /// `lora.target_modules` entries: the linear layers of a Llama-family block.
 pub const TARGET_MODULES: &[&str] = &[
     "q_proj",
@@ -67,6 +70,9 @@ pub struct ModelSection {
     /// Compute dtype, one of [`DTYPES`]; `None`: f32 on CPU, bf16 on CUDA.
     #[serde(default)]
     pub dtype: Option<String>,
+    /// QLoRA: keep the projection weights quantized, one of [`QUANTIZE`]; `None`: dense.
+    #[serde(default)]
+    pub quantize: Option<String>,
 }
 
 /// `[lora]`: the adapter.
@@ -154,6 +160,9 @@ pub struct TrainSection {
     pub seed: u64,
     /// Recompute activations in the backward pass to save memory.
     pub gradient_checkpointing: bool,
+    /// With checkpointing, recompute only the first this many layers (>= 1; `None`: all).
+    #[serde(default)]
+    pub checkpoint_layers: Option<usize>,
     /// Log the training loss every this many optimizer steps (>= 1).
     pub log_every: usize,
 }
@@ -214,6 +223,7 @@ impl TrainConfig {
             model: ModelSection {
                 path: model_path.into(),
                 dtype: None,
+                quantize: None,
             },
             lora: LoraSection::default(),
             data: DataSection {
@@ -274,6 +284,7 @@ impl Default for TrainSection {
             max_grad_norm: 1.0,
             seed: 42,
             gradient_checkpointing: false,
+            checkpoint_layers: None,
             log_every: 1,
         }
     }

@@ -459,6 +459,11 @@ fn enumerated_values_list_the_allowed_and_suggest() {
         ),
         "{msg}"
     );
+    let msg = error(&set("model", "quantize = \"q4_km\""), &[]);
+    assert!(
+        msg.starts_with("runs/x.toml:3: model.quantize: unknown value \"q4_km\" (expected one of: gguf, q4_0, q4_1, q4_k, q8_0)"),
+        "{msg}"
+    );
     let msg = error(&set("device", "name = \"cdua\""), &[]);
     assert_eq!(
         msg,

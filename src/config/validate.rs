@@ -7,7 +7,7 @@ use super::document::Origins;
 use super::error::ConfigError;
 use super::keys::closest;
 use super::schema::{
-    TrainConfig, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LR_SCHEDULERS,
+    TrainConfig, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, QUANTIZE, LR_SCHEDULERS,
     TARGET_MODULES,
 };
 
@@ -26,6 +26,9 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     c.not_empty("model.path", &model.path)?;
     if let Some(dtype) = &model.dtype {
         c.one_of("model.dtype", dtype, DTYPES)?;
+    }
+    if let Some(q) = &model.quantize {
+        c.one_of("model.quantize", q, QUANTIZE)?;
     }
 
     c.int("lora.r", lora.r, 1, Some(1024))?;
@@ -65,6 +68,9 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     )?;
 
     c.int("train.epochs", train.epochs, 1, None)?;
+    if let Some(k) = train.checkpoint_layers {
+        c.int("train.checkpoint_layers", k, 1, None)?;
+    }
     if let Some(steps) = train.max_steps {
         c.int("train.max_steps", steps, 1, None)?;
     }

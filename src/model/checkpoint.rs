@@ -10,7 +10,12 @@ use super::config::ModelConfig;
 use super::error::LoadError;
 use super::hub::{self, HubOptions};
 use super::llama::{Llama, LlamaWeights};
+use super::quantized::{self, is_projection, QuantizedWeight, Quantize, Scratch, CUDA_FORMATS};
+use super::tensor_reader::TensorReader;
 use super::{gguf_source, safetensors_source};
+use candle_core::quantized::QTensor;
+use candle_core::Tensor;
+use std::collections::HashMap;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,13 +56,15 @@ pub struct LoadOptions {
     pub device: Device,
     pub dtype: DType,
     pub hub: HubOptions,
+    /// QLoRA: keep the projections in quantized blocks (None: all dense).
+    pub quantize: Option<Quantize>,
 }
 
 impl LoadOptions {
     /// f32 on CPU, bf16 on CUDA: the compute dtypes the training step is built for.
     pub fn for_device(device: Device, hub: HubOptions) -> Self {
         let dtype = if device.is_cpu() { DType::F32 } else { DType::BF16 };
-        LoadOptions { device, dtype, hub }
+        LoadOptions { device, dtype, hub, quantize: None }
     }
 }
 
@@ -96,8 +103,12 @@ fn load_hf_dir(dir: &Path, source: &ModelSource, kind: &'static str, opts: &Load
     }
     let cfg = ModelConfig::from_hf_file(&config_path)?;
     let files = safetensors_source::WeightFiles::discover(dir)?;
-    let tensors = safetensors_source::load_tensors(&cfg, &files, opts.dtype, &opts.device)?;
-    let weights = LlamaWeights::from_map(&cfg, tensors, dir)?;
+    let quantized = match opts.quantize {
+        Some(mode) => quantized_projections(&cfg, &ModelSource::HfDir(dir.to_path_buf()), mode, opts)?,
+        None => HashMap::new(),
+    };
+    let tensors = safetensors_source::load_tensors(&cfg, &files, opts.dtype, &opts.device, &|n| quantized.contains_key(n))?;
+    let weights = LlamaWeights::from_maps(&cfg, tensors, quantized, dir)?;
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     check_vocab(&cfg, &tokenizer, &config_path)?;
     let identity = ModelIdentity {
@@ -113,8 +124,12 @@ fn load_hf_dir(dir: &Path, source: &ModelSource, kind: &'static str, opts: &Load
 fn load_gguf(path: &Path, source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
     let (content, _) = gguf_source::read_content(path)?;
     let cfg = gguf_source::config_from_gguf(&content, path)?;
-    let tensors = gguf_source::load_tensors(&cfg, &content, path, opts.dtype, &opts.device)?;
-    let weights = LlamaWeights::from_map(&cfg, tensors, path)?;
+    let quantized = match opts.quantize {
+        Some(mode) => quantized_projections(&cfg, source, mode, opts)?,
+        None => HashMap::new(),
+    };
+    let tensors = gguf_source::load_tensors(&cfg, &content, path, opts.dtype, &opts.device, &|n| quantized.contains_key(n))?;
+    let weights = LlamaWeights::from_maps(&cfg, tensors, quantized, path)?;
     let tokenizer = Tokenizer::from_gguf(&content, path)?;
     check_vocab(&cfg, &tokenizer, path)?;
     let identity = ModelIdentity {
@@ -125,6 +140,53 @@ fn load_gguf(path: &Path, source: &ModelSource, opts: &LoadOptions) -> Result<Lo
         num_parameters: cfg.num_parameters(),
     };
     Ok(LoadedModel { model: Llama::new(cfg, weights)?, tokenizer, identity })
+}
+
+/// The projection weights QLoRA keeps in blocks, on `opts.device`: a GGUF file's own
+/// blocks where their format has a GPU kernel (`Quantize::Gguf`; others stay dense), or
+/// every projection quantized at load, read one at a time and quantized on all cores.
+fn quantized_projections(cfg: &ModelConfig, source: &ModelSource, mode: Quantize, opts: &LoadOptions) -> Result<HashMap<String, QuantizedWeight>, LoadError> {
+    let names: Vec<(String, Vec<usize>)> = cfg.expected_tensors().into_iter().filter(|(n, _)| is_projection(n)).collect();
+    let mut out = HashMap::new();
+    let scratch = Scratch::default();
+    let wrap = |path: &Path, name: &str| {
+        let path = path.to_path_buf();
+        let name = name.to_string();
+        move |e: candle_core::Error| LoadError::Tensor { path, tensor: name, msg: e.to_string() }
+    };
+    match mode {
+        Quantize::Gguf => {
+            let ModelSource::Gguf(path) = source else {
+                return Err(LoadError::Config { path: PathBuf::from(source.to_string()), msg: "quantize = \"gguf\" keeps a GGUF file's blocks; this model is not a GGUF file (use q4_k, q4_0, q4_1 or q8_0)".into() });
+            };
+            let (content, mut file) = gguf_source::read_content(path)?;
+            for (name, _) in names {
+                let g = gguf_source::gguf_name(&name).expect("projection names map to GGUF");
+                let Some(info) = content.tensor_infos.get(&g) else { continue };
+                if !CUDA_FORMATS.contains(&info.ggml_dtype) {
+                    continue;
+                }
+                let q = gguf_source::read_blocks(cfg, &content, &mut file, path, &name, &g)?;
+                out.insert(name.clone(), QuantizedWeight::with_scratch(q, &opts.device, opts.dtype, scratch.clone()).map_err(wrap(path, &name))?);
+            }
+        }
+        Quantize::To(format) => {
+            let mut reader = TensorReader::open(source, &opts.hub)?;
+            let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            // Read a few tensors (f32, host), quantize them in parallel, upload, repeat:
+            // host memory holds `workers` dense tensors at a time.
+            // Rows must split into whole blocks; a projection whose width does not stays dense.
+            let names: Vec<(String, Vec<usize>)> = names.into_iter().filter(|(_, s)| s[1] % format.block_size() == 0).collect();
+            for chunk in names.chunks(workers) {
+                let dense: Vec<Tensor> = chunk.iter().map(|(n, s)| reader.read_f32(n, s)).collect::<Result<_, _>>()?;
+                let q = quantized::parallel_map(&dense, |w| QTensor::quantize(w, format)).map_err(wrap(&reader.resolved, &chunk[0].0))?;
+                for ((name, _), q) in chunk.iter().zip(q) {
+                    out.insert(name.clone(), QuantizedWeight::with_scratch(q, &opts.device, opts.dtype, scratch.clone()).map_err(wrap(&reader.resolved, name))?);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A tokenizer producing ids past the embedding table would index out of bounds.

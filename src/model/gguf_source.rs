@@ -4,6 +4,7 @@
 //! rotate-half RoPE) match the HF checkpoint the GGUF was made from.
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
@@ -158,6 +159,27 @@ pub fn read_tensor_f32(cfg: &ModelConfig, content: &Content, file: &mut std::fs:
     }
 }
 
+/// One tensor's own blocks, as a (rows, cols) QTensor on the CPU, with llama.cpp's q/k row
+/// order undone by moving whole rows of blocks (no dequantization).
+pub fn read_blocks(cfg: &ModelConfig, content: &Content, file: &mut std::fs::File, path: &Path, name: &str, g: &str) -> Result<QTensor, LoadError> {
+    let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
+    let q = content.tensor(file, g, &Device::Cpu).map_err(terr)?;
+    let heads = if name.contains("self_attn.q_proj.") {
+        cfg.num_attention_heads
+    } else if name.contains("self_attn.k_proj.") {
+        cfg.num_key_value_heads
+    } else {
+        return Ok(q);
+    };
+    let (rows, _) = q.shape().dims2().map_err(terr)?;
+    let bytes = q.data().map_err(terr)?;
+    let row_bytes = bytes.len() / rows;
+    let grid = Tensor::from_slice(&bytes[..rows * row_bytes], (rows, row_bytes), &Device::Cpu).map_err(terr)?;
+    let reordered: Vec<u8> = unpermute_rows(&grid, heads).and_then(|t| t.flatten_all()?.to_vec1()).map_err(terr)?;
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(reordered), &Device::Cpu, q.dtype()).map_err(terr)?;
+    QTensor::new(storage, q.shape().clone()).map_err(terr)
+}
+
 /// HF name -> GGUF name of every tensor `cfg` expects, checked against the file's
 /// directory (presence and shape) before any data is read.
 pub fn checked_names(cfg: &ModelConfig, content: &Content, path: &Path) -> Result<Vec<(String, String)>, LoadError> {
@@ -180,9 +202,10 @@ pub fn checked_names(cfg: &ModelConfig, content: &Content, path: &Path) -> Resul
 /// to `dtype` on `device`. Returns HF-named tensors. Dequantization is CPU-bound and
 /// single-threaded per tensor in candle, so tensors are spread over all cores, each worker
 /// reading through its own file handle.
-pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
+/// `skip(name)` leaves a tensor out (QLoRA loads the projections separately).
+pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DType, device: &Device, skip: &dyn Fn(&str) -> bool) -> Result<HashMap<String, Tensor>, LoadError> {
     // Check names and shapes first, so a bad file fails before any heavy work.
-    let jobs = checked_names(cfg, content, path)?;
+    let jobs: Vec<(String, String)> = checked_names(cfg, content, path)?.into_iter().filter(|(n, _)| !skip(n)).collect();
     let load_one = |file: &mut std::fs::File, name: &str, g: &str| -> Result<Tensor, LoadError> {
         let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
         read_tensor_f32(cfg, content, file, path, name, g)?.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)

@@ -11,11 +11,13 @@ use std::path::Path;
 
 use super::config::ModelConfig;
 use super::error::LoadError;
+use super::quantized::{QuantizedWeight, Weight};
 
-/// y = x W^T + b, with W stored (out, in) as in Hugging Face checkpoints.
+/// y = x W^T + b, with W stored (out, in) as in Hugging Face checkpoints (dense, or in
+/// quantized blocks for QLoRA).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
 }
 
@@ -24,13 +26,13 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (rows, inp) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.dense()?.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        *out_dims.last_mut().expect("non-empty") = self.weight.dims2()?.0;
         y.reshape(out_dims)
     }
 }
@@ -58,6 +60,14 @@ pub struct LayerWeights {
     pub mlp: MlpWeights,
 }
 
+impl LayerWeights {
+    /// The seven projections: q, k, v, o, gate, up, down.
+    pub fn projections(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj]
+    }
+}
+
 /// All base weights, in the compute dtype, named after the checkpoint tensors.
 #[derive(Debug, Clone)]
 pub struct LlamaWeights {
@@ -71,16 +81,30 @@ pub struct LlamaWeights {
 impl LlamaWeights {
     /// Builds the weights from a name -> tensor map (HF naming). The caller has already
     /// checked names and shapes against `ModelConfig::expected_tensors`.
-    pub fn from_map(cfg: &ModelConfig, mut t: HashMap<String, Tensor>, path: &Path) -> std::result::Result<Self, LoadError> {
+    pub fn from_map(cfg: &ModelConfig, t: HashMap<String, Tensor>, path: &Path) -> std::result::Result<Self, LoadError> {
+        Self::from_maps(cfg, t, HashMap::new(), path)
+    }
+
+    /// As [`Self::from_map`], projection weights found in `quantized` kept in blocks.
+    pub fn from_maps(
+        cfg: &ModelConfig,
+        mut t: HashMap<String, Tensor>,
+        mut quantized: HashMap<String, QuantizedWeight>,
+        path: &Path,
+    ) -> std::result::Result<Self, LoadError> {
         let mut take = |name: String| {
             t.remove(&name).ok_or_else(|| LoadError::MissingTensor { path: path.to_path_buf(), tensor: name })
+        };
+        let mut take_weight = |name: String, take: &mut dyn FnMut(String) -> std::result::Result<Tensor, LoadError>| match quantized.remove(&name) {
+            Some(q) => Ok(Weight::Quantized(q)),
+            None => take(name).map(Weight::Dense),
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mut lin = |name: &str, bias: bool| -> std::result::Result<Linear, LoadError> {
                 Ok(Linear {
-                    weight: take(format!("{p}.{name}.weight"))?,
+                    weight: take_weight(format!("{p}.{name}.weight"), &mut take)?,
                     bias: if bias { Some(take(format!("{p}.{name}.bias"))?) } else { None },
                 })
             };
@@ -107,15 +131,16 @@ impl LlamaWeights {
         Ok(LlamaWeights { embed_tokens, layers, norm: take("model.norm.weight".into())?, lm_head })
     }
 
-    /// Name -> tensor view of the weights (HF naming; `lm_head` omitted when tied).
-    pub fn named_tensors(&self, cfg: &ModelConfig) -> Vec<(String, Tensor)> {
+    /// Name -> tensor view of the weights (HF naming; `lm_head` omitted when tied);
+    /// quantized projections are expanded.
+    pub fn named_tensors(&self, cfg: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
             out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.clone()));
             let a = &layer.self_attn;
             for (n, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
-                out.push((format!("{p}.self_attn.{n}.weight"), lin.weight.clone()));
+                out.push((format!("{p}.self_attn.{n}.weight"), lin.weight.dense()?));
                 if let Some(b) = &lin.bias {
                     out.push((format!("{p}.self_attn.{n}.bias"), b.clone()));
                 }
@@ -123,14 +148,14 @@ impl LlamaWeights {
             out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.clone()));
             let m = &layer.mlp;
             for (n, lin) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)] {
-                out.push((format!("{p}.mlp.{n}.weight"), lin.weight.clone()));
+                out.push((format!("{p}.mlp.{n}.weight"), lin.weight.dense()?));
             }
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if !cfg.tie_word_embeddings {
             out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
         }
-        out
+        Ok(out)
     }
 }
 

@@ -8,6 +8,7 @@ pub mod gguf_source;
 pub mod gpu_upload;
 pub mod hub;
 pub mod llama;
+pub mod quantized;
 pub mod safetensors_source;
 pub mod shard_writer;
 pub mod tensor_reader;

@@ -84,10 +84,11 @@ pub fn read_index(index: &Path) -> Result<Vec<(String, String)>, LoadError> {
 }
 
 /// Loads every tensor `cfg` expects from `files`, converting to `dtype` on `device`.
-pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
+/// `skip(name)` leaves a tensor out (QLoRA loads the projections separately).
+pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device: &Device, skip: &dyn Fn(&str) -> bool) -> Result<HashMap<String, Tensor>, LoadError> {
     // Group by file so each file is mapped once.
     let mut per_file: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); files.files.len()];
-    for (name, shape) in cfg.expected_tensors() {
+    for (name, shape) in cfg.expected_tensors().into_iter().filter(|(n, _)| !skip(n)) {
         per_file[files.file_of(&name)?].push((name, shape));
     }
     let mut out = HashMap::new();

@@ -28,6 +28,7 @@ use crate::data::{self, BadRecordPolicy, DataFormat};
 use crate::encode::EncodedExample;
 use crate::lora::{LoraSpec, LoraWeights, Target};
 use crate::model::hub::HubOptions;
+use crate::model::quantized::Quantize;
 use crate::model::{self, LoadOptions, ModelSource};
 use crate::tokenizer::Tokenizer;
 
@@ -56,8 +57,12 @@ pub struct BenchOptions {
     /// None: the device's default (f32 on CPU, bf16 on CUDA).
     pub dtype: Option<DType>,
     pub gradient_checkpointing: bool,
+    /// With checkpointing, how many leading layers are recomputed (None: all).
+    pub checkpoint_layers: Option<usize>,
     /// Time every operation of the timed steps (synchronizing around each: slower steps).
     pub profile: bool,
+    /// QLoRA: the projections in quantized blocks (a preset is quantized after it is drawn).
+    pub quantize: Option<Quantize>,
 }
 
 impl Default for BenchOptions {
@@ -77,7 +82,9 @@ impl Default for BenchOptions {
             device: Device::Cpu,
             dtype: None,
             gradient_checkpointing: false,
+            checkpoint_layers: None,
             profile: false,
+            quantize: None,
         }
     }
 }
@@ -111,6 +118,11 @@ pub struct BenchResult {
     pub warmup: usize,
     pub steps: usize,
     pub gradient_checkpointing: bool,
+    pub checkpoint_layers: Option<usize>,
+    /// QLoRA block format of the projections, if quantized.
+    pub quantize: Option<String>,
+    /// Bytes the projection weights take (blocks when quantized).
+    pub projection_bytes: usize,
     pub conversations: usize,
     /// Length of the token stream, and the sha256 of its ids as little-endian u32 (the
     /// PEFT side computes the same, so equal hashes mean identical token streams).
@@ -281,6 +293,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     if let Some(d) = opts.dtype {
         load_opts.dtype = d;
     }
+    load_opts.quantize = opts.quantize;
     let dtype = load_opts.dtype;
     let (model, stream, conversations, pad, model_label, load_s) = match &opts.preset {
         // A preset: random weights of that shape, random token ids; no files at all.
@@ -288,11 +301,16 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
             let cfg = crate::model::init::preset(name).with_context(|| format!("unknown preset {name} (expected one of {})", crate::model::init::PRESETS.join(", ")))?;
             let std = crate::model::init::default_init_std(name);
             let t0 = Instant::now();
-            let model = if opts.device.is_cpu() {
+            let mut model = if opts.device.is_cpu() {
                 crate::model::init::random_model_as(&cfg, SEED, std, &opts.device, dtype)?
             } else {
                 crate::model::init::random_model_on_device(&cfg, SEED, std, &opts.device, dtype)?
             };
+            match opts.quantize {
+                Some(Quantize::To(format)) => crate::model::quantized::quantize_model(&mut model, format)?,
+                Some(Quantize::Gguf) => anyhow::bail!("--quantize gguf keeps a GGUF file's blocks; a preset has none (use q4_k, q4_0, q4_1 or q8_0)"),
+                None => {}
+            }
             opts.device.synchronize()?;
             let load_s = t0.elapsed().as_secs_f64();
             let n = s * b * (opts.warmup + opts.steps);
@@ -321,7 +339,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let mut lora = LoraWeights::init(&spec, &model.config, SEED, &opts.device)?;
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut opt = AdamW::new(adam, &lora.tensors())?;
-    let step_opts = StepOptions { gradient_checkpointing: opts.gradient_checkpointing, dropout: 0.0, profiler: None };
+    let step_opts = StepOptions { gradient_checkpointing: opts.gradient_checkpointing, checkpoint_layers: opts.checkpoint_layers, dropout: 0.0, profiler: None };
     let mut rng = ChaCha8Rng::seed_from_u64(SEED); // draws dropout seeds only; dropout is 0
 
     let load_peak = peak_rss_mib();
@@ -387,6 +405,9 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
         warmup: opts.warmup,
         steps: opts.steps,
         gradient_checkpointing: opts.gradient_checkpointing,
+        checkpoint_layers: opts.checkpoint_layers,
+        quantize: opts.quantize.map(|q| format!("{q:?}")),
+        projection_bytes: model.weights.layers.iter().map(|l| l.projections().iter().map(|w| w.weight.storage_bytes()).sum::<usize>()).sum(),
         conversations,
         stream_tokens: stream.len(),
         stream_sha256: stream_hash(&stream),

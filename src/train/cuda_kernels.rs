@@ -18,6 +18,7 @@ mod ptx {
 
 const ATTENTION: (&str, &str) = ("loratune_attention", ptx::ATTENTION);
 const ELEMENTWISE: (&str, &str) = ("loratune_elementwise", ptx::ELEMENTWISE);
+const DEQUANTIZE: (&str, &str) = ("loratune_dequantize", ptx::DEQUANTIZE);
 
 fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
     match t.device() {
@@ -40,6 +41,7 @@ fn ptr(t: &Tensor, dtype: DType, what: &str) -> Result<u64> {
         DType::BF16 => cs.as_cuda_slice::<bf16>()?.device_ptr(&stream).0,
         DType::F32 => cs.as_cuda_slice::<f32>()?.device_ptr(&stream).0,
         DType::U32 => cs.as_cuda_slice::<u32>()?.device_ptr(&stream).0,
+        DType::U8 => cs.as_cuda_slice::<u8>()?.device_ptr(&stream).0,
         other => bail!("CUDA kernel: unsupported dtype {other:?}"),
     };
     Ok(base + (start * dtype.size_in_bytes()) as u64)
@@ -98,6 +100,37 @@ macro_rules! launch {
         // SAFETY: argument order and types follow the kernel's signature in src/cuda.
         unsafe { builder.launch($cfg) }.w()?;
     }};
+}
+
+/// GGUF blocks (u8, rows * cols / block values of `dtype`, rows one after another) ->
+/// (rows, cols) bf16, written into `into` when given (a contiguous (rows, cols) bf16 view)
+/// or a fresh tensor. Q4_0, Q4_1, Q8_0 and Q4_K.
+pub fn dequantize_bf16(blocks: &Tensor, dtype: candle_core::quantized::GgmlDType, rows: usize, cols: usize, into: Option<&Tensor>) -> Result<Tensor> {
+    use candle_core::quantized::GgmlDType as G;
+    let kernel = match dtype {
+        G::Q4_0 => "dequant_q4_0_bf16",
+        G::Q4_1 => "dequant_q4_1_bf16",
+        G::Q8_0 => "dequant_q8_0_bf16",
+        G::Q4K => "dequant_q4_k_bf16",
+        other => bail!("no bf16 dequantize kernel for {other:?}"),
+    };
+    let n = rows * cols;
+    if blocks.elem_count() < n / dtype.block_size() * dtype.type_size() {
+        bail!("dequantize: {} bytes of {dtype:?} blocks for a ({rows}, {cols}) matrix", blocks.elem_count());
+    }
+    if n % 8 != 0 || n >= 1 << 32 {
+        bail!("dequantize: ({rows}, {cols}) must hold a multiple of 8 values, fewer than 2^32");
+    }
+    let dev = cuda_device(blocks)?;
+    let out = match into {
+        Some(t) if t.dims() == [rows, cols] => t.clone(),
+        Some(t) => bail!("dequantize: output view is {:?}, expected ({rows}, {cols})", t.dims()),
+        None => empty(&dev, &[rows, cols], DType::BF16)?,
+    };
+    let (pb, po) = (ptr(blocks, DType::U8, "blocks")?, ptr(&out, DType::BF16, "out")?);
+    let n8 = (n / 8) as u32;
+    launch!(dev, DEQUANTIZE, kernel, grid((blocks_for(n / 8, 256), 1), 256, 0), &pb, &po, &n8);
+    Ok(out)
 }
 
 /// x: (N, H) bf16, w: (H,) bf16 -> (y (N, H) bf16, rstd (N, 1) f32).

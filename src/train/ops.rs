@@ -310,7 +310,8 @@ pub fn lora_linear_forward(
     scaling: f64,
     dropout_mask: Option<&Tensor>,
 ) -> Result<(Tensor, Option<LoraSaved>)> {
-    let mut y = x.matmul(&w.weight.t()?)?;
+    // A quantized base is expanded here and dropped on return (QLoRA).
+    let mut y = x.matmul(&w.weight.dense_transient()?.t()?)?;
     if let Some(b) = &w.bias {
         y = y.broadcast_add(b)?;
     }
@@ -354,14 +355,16 @@ pub fn lora_linear_backward(
     acc: Option<Tensor>,
 ) -> Result<(Tensor, Option<LoraGrad>)> {
     let fused = cuda_bf16(dy) && dropout_mask.is_none() && lora.is_none_or(|(_, s)| s.u.dtype() == DType::BF16);
+    let weight = w.weight.dense_transient()?;
     if fused {
         let dx = match acc {
             Some(acc) => {
-                cuda::matmul_accumulate(&acc, &dy.contiguous()?, &w.weight, false)?;
+                cuda::matmul_accumulate(&acc, &dy.contiguous()?, &weight, false)?;
                 acc
             }
-            None => dy.matmul(&w.weight)?, // frozen W: input gradient only
+            None => dy.matmul(&weight)?, // frozen W: input gradient only
         };
+        drop(weight);
         let Some((p, saved)) = lora else { return Ok((dx, None)) };
         let x = x.ok_or_else(|| candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into()))?;
         let a = p.a.to_dtype(DType::BF16)?;
@@ -372,7 +375,8 @@ pub fn lora_linear_backward(
         cuda::matmul_accumulate(&dx, &du, &a, false)?;
         return Ok((dx, Some(LoraGrad { a: grad_a, b: grad_b })));
     }
-    let dx = dy.matmul(&w.weight)?; // frozen W: input gradient only
+    let dx = dy.matmul(&weight)?; // frozen W: input gradient only
+    drop(weight);
     let dx = match acc {
         Some(acc) => (acc + dx)?,
         None => dx,

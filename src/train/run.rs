@@ -254,6 +254,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             _ => DType::F32,
         };
     }
+    load_opts.quantize = cfg.model.quantize.as_deref().map(|q| crate::model::quantized::Quantize::parse(q).expect("validated by config"));
     let t0 = Instant::now();
     let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", cfg.model.path))?;
     let model = loaded.model;
@@ -383,7 +384,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
 
     let reporter = Reporter::new(total_steps, state.step, cfg.train.log_every);
     let mut loader = Loader::new(plan, &lens, state.position);
-    let step_opts = StepOptions { gradient_checkpointing: cfg.train.gradient_checkpointing, dropout: cfg.lora.dropout, profiler: None };
+    let step_opts = StepOptions { gradient_checkpointing: cfg.train.gradient_checkpointing, checkpoint_layers: cfg.train.checkpoint_layers, dropout: cfg.lora.dropout, profiler: None };
     let mut status = RunStatus::Completed;
     let mut last_eval_step = state.evals.last().map(|e| e.step);
     let session_start_step = state.step;

@@ -393,6 +393,10 @@ pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: 
 pub struct StepOptions<'a> {
     /// Keep only each layer's input and recompute the layer during backward.
     pub gradient_checkpointing: bool,
+    /// With checkpointing, only the first this many layers are checkpointed (None: all);
+    /// the others keep their activations. Memory falls linearly with it, and so does the
+    /// recompute's cost.
+    pub checkpoint_layers: Option<usize>,
     /// LoRA dropout probability (0 disables it).
     pub dropout: f64,
     /// Times each operation when set (`bench --profile`); recomputed layers count under
@@ -440,18 +444,23 @@ pub fn forward_backward(
     // With checkpointing every layer's input goes into one (L, N, H) buffer allocated up
     // front: kept among the layers' transients one by one, they left the memory pool with
     // blocks it could not reuse.
-    let inputs = match opts.gradient_checkpointing {
+    let checkpointed = match opts.gradient_checkpointing {
+        true => opts.checkpoint_layers.unwrap_or(n_layers).min(n_layers),
+        false => 0,
+    };
+    let inputs = match checkpointed {
+        0 => None,
         // SAFETY: slab l is written (slice_set) before anything reads it.
-        true => Some(unsafe { Tensor::empty((n_layers, x.dim(0)?, x.dim(1)?), x.dtype(), x.device())? }),
-        false => None,
+        k => Some(unsafe { Tensor::empty((k, x.dim(0)?, x.dim(1)?), x.dtype(), x.device())? }),
     };
     let mut saved = Vec::with_capacity(n_layers);
     for (l, w) in model.weights.layers.iter().enumerate() {
-        if let Some(inputs) = &inputs {
+        let recompute = l < checkpointed;
+        if let Some(inputs) = inputs.as_ref().filter(|_| recompute) {
             inputs.slice_set(&x.unsqueeze(0)?, 0, l)?;
             x = inputs.get(l)?;
         }
-        let mode = if inputs.is_some() { LayerMode::Output } else { LayerMode::Train };
+        let mode = if recompute { LayerMode::Output } else { LayerMode::Train };
         let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode)?;
         saved.push(acts);
         x = out.expect("output when asked");
