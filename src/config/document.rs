@@ -174,6 +174,14 @@ pub(crate) fn check_types(table: &mut Table, origins: &Origins) -> Result<(), Co
             expected,
             found: describe(found),
         };
+        // Integers in a number list are numbers too (`weights = [4, 1]`).
+        if let (Kind::FloatList, Value::Array(items)) = (spec.kind, &mut *value) {
+            for item in items.iter_mut() {
+                if let Value::Integer(i) = *item {
+                    *item = Value::Float(i as f64);
+                }
+            }
+        }
         match (spec.kind, &*value) {
             (Kind::Str, Value::String(_))
             | (Kind::Bool, Value::Boolean(_))
@@ -184,6 +192,11 @@ pub(crate) fn check_types(table: &mut Table, origins: &Origins) -> Result<(), Co
             (Kind::StrList | Kind::StrOrStrList, Value::Array(items)) => {
                 if let Some((i, item)) = items.iter().enumerate().find(|(_, item)| !item.is_str()) {
                     return Err(wrong(format!("{full}[{i}]"), "a string", item));
+                }
+            }
+            (Kind::FloatList, Value::Array(items)) => {
+                if let Some((i, item)) = items.iter().enumerate().find(|(_, item)| !item.is_float()) {
+                    return Err(wrong(format!("{full}[{i}]"), "a number", item));
                 }
             }
             (kind, other) => return Err(wrong(full.clone(), kind.expected(), other)),

@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Float,
     Bool,
     StrList,
+    /// An array of numbers (integers accepted and converted).
+    FloatList,
     /// `data.train`: one string or an array of strings.
     StrOrStrList,
 }
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Float => "a number",
             Kind::Bool => "a boolean (true or false)",
             Kind::StrList => "an array of strings",
+            Kind::FloatList => "an array of numbers",
             Kind::StrOrStrList => "a string or an array of strings",
         }
     }
@@ -104,6 +107,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("data", "max_seq_len", UInt),
     key("data", "packing", Bool),
     key("data", "on_bad_record", Str),
+    key("data", "weights", FloatList),
     key("train", "epochs", UInt),
     key("train", "max_steps", UInt),
     key("train", "micro_batch_size", UInt),
@@ -126,6 +130,10 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("eval", "batch_size", UInt),
     key("eval", "early_stopping_patience", UInt),
     key("eval", "early_stopping_min_delta", Float),
+    key("eval", "regression", Str),
+    key("eval", "regression_threshold", Float),
+    key("eval", "generate_examples", UInt),
+    key("eval", "max_new_tokens", UInt),
     required("output", "dir", Str, "the run folder"),
     key("output", "checkpoint_every", UInt),
     key("output", "keep_checkpoints", UInt),

@@ -122,6 +122,10 @@ pub struct DataSection {
     /// What a malformed record does, one of [`BAD_RECORD_POLICIES`].
     #[serde(default = "defaults::on_bad_record")]
     pub on_bad_record: String,
+    /// Mixing weights, one per `train` file (> 0, normalised): the share of each epoch's
+    /// examples drawn from that file. `None`: every example of every file, once.
+    #[serde(default)]
+    pub weights: Option<Vec<f64>>,
 }
 
 /// `[train]`: the optimisation.
@@ -179,6 +183,16 @@ pub struct EvalSection {
     pub early_stopping_patience: usize,
     /// The least decrease of the eval loss that counts as an improvement (>= 0).
     pub early_stopping_min_delta: f64,
+    /// A regression set (JSONL of general instructions the base model handles): its loss
+    /// is measured on the base and the tuned model; `None`: no regression check.
+    pub regression: Option<String>,
+    /// Relative rise of the regression loss above which the run warns of forgetting (>= 0).
+    pub regression_threshold: f64,
+    /// Held-out eval prompts answered by the base and the tuned model (greedy), scored
+    /// against their references and written side by side to samples.jsonl; 0: none.
+    pub generate_examples: usize,
+    /// Longest answer generated for those prompts, in tokens (>= 1).
+    pub max_new_tokens: usize,
 }
 
 /// `[output]`: the run folder.
@@ -235,6 +249,7 @@ impl TrainConfig {
                 max_seq_len: defaults::max_seq_len(),
                 packing: false,
                 on_bad_record: defaults::on_bad_record(),
+                weights: None,
             },
             train: TrainSection::default(),
             eval: EvalSection::default(),
@@ -297,6 +312,10 @@ impl Default for EvalSection {
             batch_size: 8,
             early_stopping_patience: 0,
             early_stopping_min_delta: 0.0,
+            regression: None,
+            regression_threshold: 0.05,
+            generate_examples: 4,
+            max_new_tokens: 128,
         }
     }
 }

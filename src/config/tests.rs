@@ -651,6 +651,10 @@ fn key_table_matches_the_structs() {
     cfg.train.max_steps = Some(3);
     cfg.device.threads = Some(1);
     cfg.lora.init_from = Some("runs/a".into());
+    cfg.data.weights = Some(vec![1.0]);
+    cfg.model.quantize = Some("q4_k".into());
+    cfg.train.checkpoint_layers = Some(8);
+    cfg.eval.regression = Some("general.jsonl".into());
     let toml::Value::Table(doc) = toml::Value::try_from(&cfg).unwrap() else {
         panic!()
     };
@@ -670,7 +674,7 @@ fn key_table_matches_the_structs() {
                     | (Kind::UInt, toml::Value::Integer(_))
                     | (Kind::Float, toml::Value::Float(_))
                     | (Kind::Bool, toml::Value::Boolean(_))
-                    | (Kind::StrList | Kind::StrOrStrList, toml::Value::Array(_))
+                    | (Kind::StrList | Kind::StrOrStrList | Kind::FloatList, toml::Value::Array(_))
             );
             assert!(fits, "{section}.{name}: {:?} vs {value:?}", spec.kind);
             found += 1;
@@ -710,7 +714,9 @@ fn shipped_smollm2_cpu_config_is_valid() {
         cfg.model.path,
         "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     );
-    assert_eq!(cfg.data.train, ["examples/data/calendar-train.jsonl"]);
+    assert_eq!(cfg.data.train, ["examples/data/calendar-train.jsonl", "examples/data/general-train.jsonl"]);
+    assert_eq!(cfg.data.weights, Some(vec![0.85, 0.15]));
+    assert_eq!(cfg.eval.regression.as_deref(), Some("examples/data/general-regression.jsonl"));
     assert_eq!(
         cfg.data.eval.as_deref(),
         Some("examples/data/calendar-eval.jsonl")
@@ -764,4 +770,28 @@ fn readme_documents_every_key() {
             );
         }
     }
+}
+
+#[test]
+fn mixing_weights_need_one_positive_number_per_train_file() {
+    let cfg = load(&set("data", "weights = [3]"), &[]).unwrap();
+    assert_eq!(cfg.data.weights, Some(vec![3.0]), "integers are numbers");
+    let msg = error(&set("data", "weights = [0.5, 0.5]"), &[]);
+    assert!(msg.contains("data.weights: has 2 entries but data.train lists 1 files (one weight per file)"), "{msg}");
+    let msg = error(&set("data", "weights = [\"a\"]"), &[]);
+    assert!(msg.contains("data.weights[0]") && msg.contains("a number"), "{msg}");
+    let msg = error(&set("data", "weights = [0.0]"), &[]);
+    assert!(msg.contains("data.weights"), "{msg}");
+    let cfg = load(MINIMAL, &["data.weights=[2]"]).unwrap();
+    assert_eq!(cfg.data.weights, Some(vec![2.0]), "--set takes a list of numbers");
+}
+
+#[test]
+fn eval_extras_have_defaults_and_ranges() {
+    let cfg = load(MINIMAL, &[]).unwrap();
+    assert_eq!((cfg.eval.regression.as_deref(), cfg.eval.regression_threshold, cfg.eval.generate_examples, cfg.eval.max_new_tokens), (None, 0.05, 4, 128));
+    let msg = error(&set("eval", "max_new_tokens = 0"), &[]);
+    assert!(msg.contains("eval.max_new_tokens"), "{msg}");
+    let msg = error(&set("eval", "regression_threshold = -0.1"), &[]);
+    assert!(msg.contains("eval.regression_threshold"), "{msg}");
 }

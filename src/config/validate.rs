@@ -61,6 +61,17 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
         c.one_of("data.format", &data.format, DATA_FORMATS)?;
     }
     c.int("data.max_seq_len", data.max_seq_len, 8, None)?;
+    if let Some(weights) = &data.weights {
+        if weights.len() != data.train.len() {
+            return Err(c.invalid(
+                "data.weights",
+                format!("has {} entries but data.train lists {} files (one weight per file)", weights.len(), data.train.len()),
+            ));
+        }
+        for w in weights {
+            c.float("data.weights", *w, Lo::Excl(0.0), None)?;
+        }
+    }
     c.one_of(
         "data.on_bad_record",
         &data.on_bad_record,
@@ -129,6 +140,11 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     c.int("train.log_every", train.log_every, 1, None)?;
 
     c.int("eval.batch_size", eval.batch_size, 1, None)?;
+    if let Some(path) = &eval.regression {
+        c.not_empty("eval.regression", path)?;
+    }
+    c.float("eval.regression_threshold", eval.regression_threshold, Lo::Incl(0.0), None)?;
+    c.int("eval.max_new_tokens", eval.max_new_tokens, 1, None)?;
     c.float(
         "eval.early_stopping_min_delta",
         eval.early_stopping_min_delta,

@@ -28,6 +28,9 @@ pub struct DataFileStats {
     pub without_targets: usize,
     pub tokens: usize,
     pub targets: usize,
+    /// With `data.weights`: how many of this file's examples the mix uses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed_in: Option<usize>,
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
@@ -37,6 +40,10 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((format!("{:x}", h.finalize()), bytes))
 }
 
+/// An encoded example and the record it came from (kept for the generation eval, which
+/// needs the prompt and reference as text).
+pub type Encoded = (EncodedExample, data::Example);
+
 /// Reads and encodes one JSONL file. Examples without targets are dropped and counted.
 pub fn encode_file(
     path: &Path,
@@ -45,7 +52,7 @@ pub fn encode_file(
     policy: BadRecordPolicy,
     tok: &Tokenizer,
     max_seq_len: usize,
-) -> anyhow::Result<(Vec<EncodedExample>, DataFileStats)> {
+) -> anyhow::Result<(Vec<Encoded>, DataFileStats)> {
     use anyhow::Context;
     let ds = data::read_jsonl(path, format, policy)?;
     if let Some(report) = ds.skip_report(3) {
@@ -63,7 +70,7 @@ pub fn encode_file(
         }
         tokens += e.len();
         targets += e.num_targets();
-        out.push(e);
+        out.push((e, ex.clone()));
     }
     anyhow::ensure!(!out.is_empty(), "{}: no usable examples (all {} records have no target tokens after truncation to {max_seq_len})", path.display(), ds.examples.len());
     let stats = DataFileStats {
@@ -78,13 +85,14 @@ pub fn encode_file(
         without_targets: without,
         tokens,
         targets,
+        mixed_in: None,
     };
     Ok((out, stats))
 }
 
 /// Splits off `fraction` of `examples` (at least one) as a held-out set, by a seeded
 /// shuffle. Returns (train, eval).
-pub fn split_eval(examples: Vec<EncodedExample>, fraction: f64, seed: u64) -> (Vec<EncodedExample>, Vec<EncodedExample>) {
+pub fn split_eval<T>(examples: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     if fraction <= 0.0 || examples.len() < 2 {
         return (examples, Vec::new());
     }
@@ -98,6 +106,30 @@ pub fn split_eval(examples: Vec<EncodedExample>, fraction: f64, seed: u64) -> (V
         if ev { eval.push(e) } else { train.push(e) }
     }
     (train, eval)
+}
+
+/// Data mixing: how many examples of each file (sizes `sizes`) a mix with these weights
+/// takes. The mix is as large as it can be without repeating any file: each file gives
+/// its weight's share, and the file with the fewest examples for its weight is used whole
+/// (80/20 of 400 task and 10,000 general examples: 400 + 100).
+pub fn mix_counts(sizes: &[usize], weights: &[f64]) -> Vec<usize> {
+    let sum: f64 = weights.iter().sum();
+    let total = sizes.iter().zip(weights).map(|(&n, &w)| n as f64 / (w / sum)).fold(f64::INFINITY, f64::min);
+    sizes.iter().zip(weights).map(|(&n, &w)| ((w / sum * total).round() as usize).clamp(1, n)).collect()
+}
+
+/// The examples of each file that the mix uses: `counts[i]` of file i, chosen by a
+/// seeded shuffle (the same choice for every epoch and on resume), files concatenated.
+pub fn mix<T>(files: Vec<Vec<T>>, counts: &[usize], seed: u64) -> Vec<T> {
+    let mut out = Vec::with_capacity(counts.iter().sum());
+    for (i, (examples, &k)) in files.into_iter().zip(counts).enumerate() {
+        let mut keep = vec![false; examples.len()];
+        let mut idx: Vec<usize> = (0..examples.len()).collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ (0x6d69_7800 + i as u64)));
+        idx[..k].iter().for_each(|&j| keep[j] = true);
+        out.extend(examples.into_iter().zip(keep).filter_map(|(e, k)| k.then_some(e)));
+    }
+    out
 }
 
 /// A micro-batch: rows of example indices (one per row, or several when packed).
@@ -238,5 +270,26 @@ mod tests {
         assert_eq!(e1, e2);
         assert_ne!(e1, e3);
         assert!(e1.iter().all(|e| !t1.contains(e)));
+    }
+
+    #[test]
+    fn mixing_takes_each_files_share_without_repeats() {
+        // 80/20 of 400 task and 10,000 general examples: the task file is used whole.
+        assert_eq!(mix_counts(&[400, 10_000], &[0.8, 0.2]), vec![400, 100]);
+        // Weights need not sum to 1; here the general file is the scarce one.
+        assert_eq!(mix_counts(&[400, 50], &[4.0, 1.0]), vec![200, 50]);
+        assert_eq!(mix_counts(&[30, 30, 30], &[1.0, 1.0, 1.0]), vec![30, 30, 30]);
+        let files = vec![(0..10).collect::<Vec<u32>>(), (100..200).collect()];
+        let counts = mix_counts(&[10, 100], &[0.5, 0.5]);
+        assert_eq!(counts, vec![10, 10]);
+        let a = mix(files.clone(), &counts, 3);
+        assert_eq!(a.len(), 20);
+        assert_eq!(a[..10], (0..10).collect::<Vec<_>>()[..]);
+        assert!(a[10..].iter().all(|x| (100..200).contains(x)));
+        let mut distinct = a[10..].to_vec();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 10, "no example repeated");
+        assert_eq!(a, mix(files.clone(), &counts, 3), "seeded");
+        assert_ne!(a, mix(files, &counts, 4));
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::base_vs_tuned::{self, GenerationReport, RegressionReport, RegressionSet};
 use super::batches::{self, BatchPlan, DataFileStats, DataPosition, Loader};
 use super::checkpoint::{self, EvalPoint, TrainerState};
 use super::optimizer::{self, AdamW, AdamWConfig};
@@ -116,6 +117,10 @@ struct EvalReport {
     eval_examples: usize,
     eval_tokens: usize,
     eval_targets: usize,
+    /// The regression set on the base and the tuned model (`eval.regression`).
+    regression: Option<RegressionReport>,
+    /// Greedy answers of both models to held-out prompts, scored (`eval.generate_examples`).
+    generation: Option<GenerationReport>,
 }
 
 fn now() -> String {
@@ -165,8 +170,17 @@ fn lora_spec(cfg: &TrainConfig) -> LoraSpec {
 }
 
 /// Files a fresh run writes; `overwrite` removes exactly these.
-const RUN_OUTPUTS: &[&str] =
-    &[CONFIG_FILE, MANIFEST_FILE, EVAL_FILE, METRICS_FILE, lora::ADAPTER_CONFIG_FILE, lora::ADAPTER_WEIGHTS_FILE, "checkpoints", "best"];
+const RUN_OUTPUTS: &[&str] = &[
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    EVAL_FILE,
+    METRICS_FILE,
+    base_vs_tuned::SAMPLES_FILE,
+    lora::ADAPTER_CONFIG_FILE,
+    lora::ADAPTER_WEIGHTS_FILE,
+    "checkpoints",
+    "best",
+];
 
 fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
@@ -206,12 +220,23 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let hub = HubOptions::from_env();
     let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
     let mut files = Vec::new();
-    let mut train = Vec::new();
+    let mut per_file = Vec::new();
     for p in &cfg.data.train {
         let (ex, stats) = batches::encode_file(Path::new(p), "train", format, policy, &tokenizer, cfg.data.max_seq_len)?;
-        train.extend(ex);
+        per_file.push(ex);
         files.push(stats);
     }
+    let train = match &cfg.data.weights {
+        Some(weights) => {
+            let counts = batches::mix_counts(&per_file.iter().map(Vec::len).collect::<Vec<_>>(), weights);
+            for ((stats, &k), w) in files.iter_mut().zip(&counts).zip(weights) {
+                println!("mix     {k} of {} examples from {} (weight {w})", stats.records - stats.without_targets, stats.path.display());
+                stats.mixed_in = Some(k);
+            }
+            batches::mix(per_file, &counts, cfg.data.split_seed)
+        }
+        None => per_file.concat(),
+    };
     let (train, eval, eval_set) = match &cfg.data.eval {
         Some(p) => {
             let (ex, stats) = batches::encode_file(Path::new(p), "eval", format, policy, &tokenizer, cfg.data.max_seq_len)?;
@@ -225,6 +250,17 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         None => (train, Vec::new(), "none"),
     };
     anyhow::ensure!(!train.is_empty(), "no training examples left after the eval split");
+    let train: Vec<EncodedExample> = train.into_iter().map(|(e, _)| e).collect();
+    let (eval, eval_records): (Vec<EncodedExample>, Vec<_>) = eval.into_iter().unzip();
+    let eval_prompts = crate::eval::eval_prompts(&eval_records, cfg.eval.generate_examples);
+    let regression = match &cfg.eval.regression {
+        Some(p) => {
+            let set = RegressionSet::read(Path::new(p), format, policy, &tokenizer, cfg.data.max_seq_len)?;
+            files.push(set.stats.clone());
+            Some(set)
+        }
+        None => None,
+    };
     let lens: Vec<usize> = train.iter().map(|e| e.len()).collect();
     let plan = BatchPlan {
         seed: cfg.train.seed,
@@ -511,6 +547,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let final_eval = state.evals.last().copied().filter(|e| e.step == state.step);
     if status != RunStatus::Interrupted {
         lora::save_adapter(&run_dir, &lora, &base_model_name)?;
+        let extra_stops = if loaded.identity.resolved.is_dir() { crate::generate::generation_config_stop_ids(&loaded.identity.resolved) } else { Vec::new() };
+        let (regression, generation) = base_vs_tuned::check(&model, &lora, &tokenizer, &extra_stops, regression.as_ref(), &eval_prompts, &cfg.eval, pad, &run_dir)?;
         let report = EvalReport {
             base: state.base_eval,
             best: state.best_eval,
@@ -519,6 +557,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             eval_examples: eval.len(),
             eval_tokens: eval.iter().map(|e| e.len()).sum(),
             eval_targets: eval.iter().map(|e| e.num_targets()).sum(),
+            regression,
+            generation,
         };
         let text = serde_json::to_string_pretty(&report)? + "\n";
         crate::atomic::write_bytes(&run_dir.join(EVAL_FILE), text.as_bytes())?;
