@@ -6,6 +6,7 @@ use candle_core::{DType, Device};
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod data_cmd;
 mod eval_cmd;
 mod generate_cmd;
 mod init_model_cmd;
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Training throughput on a fixed job, optionally beside transformers + PEFT's.
     Bench(bench_cmd::BenchArgs),
+    /// Data quality: `data lint` (duplicates, leakage, conflicts, ...) and `data dedup`.
+    Data(data_cmd::DataArgs),
     /// Mean loss over the target tokens of a JSONL data set, and perplexity.
     Eval(eval_cmd::EvalArgs),
     /// Generate text for a prompt (streamed) or a JSONL file of prompts, with an optional adapter.
@@ -40,6 +43,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(a) => bench_cmd::run(a),
+        Command::Data(a) => data_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Generate(a) => generate_cmd::run(a),
         Command::InitModel(a) => init_model_cmd::run(a),
