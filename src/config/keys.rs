@@ -104,6 +104,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("data", "max_seq_len", UInt),
     key("data", "packing", Bool),
     key("data", "on_bad_record", Str),
+    key("data", "lint", Str),
     key("train", "epochs", UInt),
     key("train", "max_steps", UInt),
     key("train", "micro_batch_size", UInt),
