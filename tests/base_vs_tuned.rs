@@ -25,8 +25,9 @@ fn chat(user: &str, assistant: &str) -> String {
 
 const WORDS: [&str; 12] = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "kayak", "lemon", "maple"];
 
+/// 144 distinct two-part words (the lint refuses duplicated train/eval examples).
 fn word(i: usize) -> String {
-    format!("{}{}", WORDS[i % 12], WORDS[(i * 5 + 1) % 12])
+    format!("{}{}", WORDS[i % 12], WORDS[(i / 12) % 12])
 }
 
 /// Loss that `loratune eval` reports for `data` (with `adapter` when given).
@@ -89,9 +90,10 @@ name = "cpu"
 fn run_mixes_data_checks_regression_and_writes_scored_samples() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // A base that already does something well: the tiny model taught to echo a word
-    // (`Say w` -> `w`) and merged. Task: shout the word. General data: echo it. Regression
-    // set: unseen echoes, which the base handles and shouting unlearns: its loss must rise.
+    // A base that already does something well: the tiny model taught to echo 60 words
+    // (`Say w` -> `w`) and merged. Task: shout other words. General data: echo yet others.
+    // Regression set: 10 of the echoes the base learned, which shouting unlearns: its loss
+    // must rise.
     let tiny = common::init_tiny(d, "tiny", &[]);
     common::write(&d.join("echo.jsonl"), &(100..160).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>());
     common::write(&d.join("pre.toml"), &config(&tiny, "train = \"echo.jsonl\"\neval_fraction = 0.0", "pre", 30, "generate_examples = 0"));
@@ -104,7 +106,7 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
     common::write(&d.join("task.jsonl"), &(0..48).map(|i| chat(&format!("Shout {}", word(i)), &format!("{}!", word(i).to_uppercase()))).collect::<String>());
     common::write(&d.join("general.jsonl"), &(0..40).map(|i| chat(&format!("Say {}", word(i + 3)), &word(i + 3))).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(48..54).map(|i| chat(&format!("Shout {}", word(i)), &format!("{}!", word(i).to_uppercase()))).collect::<String>());
-    common::write(&d.join("regression.jsonl"), &(60..70).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>());
+    common::write(&d.join("regression.jsonl"), &(100..110).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>());
     let data = "train = [\"task.jsonl\", \"general.jsonl\"]\nweights = [0.8, 0.2]\neval = \"eval.jsonl\"";
     let extra = "regression = \"regression.jsonl\"\nregression_threshold = 0.0\ngenerate_examples = 3\nmax_new_tokens = 12";
     common::write(&d.join("run.toml"), &config(&model, data, "run", 12, extra));

@@ -52,6 +52,10 @@ target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]
 train = "train.jsonl"
 eval = "eval.jsonl"
 max_seq_len = 96
+# The 16-word vocabulary repeats every 16 lines: train holds each conversation three times
+# and eval repeats train's first eight, which the data lint rightly calls duplicates and
+# leakage. These tests are about the run's mechanics, so the lint only warns.
+lint = "warn"
 [train]
 max_steps = {steps}
 micro_batch_size = 4

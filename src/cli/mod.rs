@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench_cmd;
 mod compare_cmd;
+mod data_cmd;
 mod eval_cmd;
 mod generate_cmd;
 mod init_model_cmd;
@@ -27,6 +28,8 @@ pub enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Two models or adapters (or base vs adapter) answering the same prompts, side by side.
     Compare(compare_cmd::CompareArgs),
+    /// Data quality: `data lint` (duplicates, leakage, conflicts, ...) and `data dedup`.
+    Data(data_cmd::DataArgs),
     /// Mean loss over the target tokens of a JSONL data set, and perplexity.
     Eval(eval_cmd::EvalArgs),
     /// Generate text for a prompt (streamed) or a JSONL file of prompts, with an optional adapter.
@@ -44,6 +47,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Bench(a) => bench_cmd::run(a),
         Command::Compare(a) => compare_cmd::run(a),
+        Command::Data(a) => data_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Generate(a) => generate_cmd::run(a),
         Command::InitModel(a) => init_model_cmd::run(a),

@@ -108,6 +108,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("data", "packing", Bool),
     key("data", "on_bad_record", Str),
     key("data", "weights", FloatList),
+    key("data", "lint", Str),
     key("train", "epochs", UInt),
     key("train", "max_steps", UInt),
     key("train", "micro_batch_size", UInt),

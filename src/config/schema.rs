@@ -39,6 +39,8 @@ pub const DATA_FORMATS: &[&str] = &[
 ];
 /// `data.on_bad_record` values.
 pub const BAD_RECORD_POLICIES: &[&str] = &["error", "skip"];
+/// `data.lint` values: what lint errors in the data do to a training run.
+pub const LINT_MODES: &[&str] = &["error", "warn", "off"];
 /// `train.lr_scheduler` values.
 pub const LR_SCHEDULERS: &[&str] = &["cosine", "linear", "constant"];
 /// `device.name` values; `cuda:N` stands for any GPU ordinal (`cuda:0`, `cuda:1`, ...).
@@ -126,6 +128,10 @@ pub struct DataSection {
     /// examples drawn from that file. `None`: every example of every file, once.
     #[serde(default)]
     pub weights: Option<Vec<f64>>,
+    /// The data lint before training, one of [`LINT_MODES`]: errors stop the run
+    /// (`error`), are printed (`warn`), or the lint is skipped (`off`).
+    #[serde(default = "defaults::lint")]
+    pub lint: String,
 }
 
 /// `[train]`: the optimisation.
@@ -250,6 +256,7 @@ impl TrainConfig {
                 packing: false,
                 on_bad_record: defaults::on_bad_record(),
                 weights: None,
+                lint: defaults::lint(),
             },
             train: TrainSection::default(),
             eval: EvalSection::default(),
@@ -344,6 +351,9 @@ mod defaults {
         1024
     }
     pub fn on_bad_record() -> String {
+        "error".to_string()
+    }
+    pub fn lint() -> String {
         "error".to_string()
     }
     pub fn checkpoint_every() -> usize {

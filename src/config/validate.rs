@@ -77,6 +77,7 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
         &data.on_bad_record,
         BAD_RECORD_POLICIES,
     )?;
+    c.one_of("data.lint", &data.lint, super::schema::LINT_MODES)?;
 
     c.int("train.epochs", train.epochs, 1, None)?;
     if let Some(k) = train.checkpoint_layers {

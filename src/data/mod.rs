@@ -4,13 +4,16 @@
 //! - `format.rs`: the formats, detection, and parsing of one JSON record;
 //!   no I/O, so it can serve any source of JSON values;
 //! - `jsonl.rs`: files, lines, the bad-record policy, and errors that point
-//!   at `file:line`.
+//!   at `file:line`;
+//! - `lint/`: `loratune data lint` and `dedup`: duplicates, leakage, conflicts, empty
+//!   answers, turn order, truncation and statistics over whole files.
 //!
 //! Validation here is limited to what makes a record unusable; softer issues
 //! (an empty assistant reply, say) are left to a later lint pass.
 
 mod format;
 mod jsonl;
+pub mod lint;
 
 use std::path::PathBuf;
 

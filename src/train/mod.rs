@@ -12,6 +12,7 @@ pub mod batches;
 pub mod bench;
 pub mod checkpoint;
 pub mod cpu_kernels;
+pub mod lint_gate;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
 pub mod ops;

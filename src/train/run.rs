@@ -99,6 +99,8 @@ struct Manifest {
     ended_at: Option<String>,
     wall_seconds: f64,
     error: Option<String>,
+    /// The data lint's counts (`None` with `[data] lint = "off"`); the findings are in lint.json.
+    lint: Option<crate::data::lint::LintSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -180,10 +182,12 @@ const RUN_OUTPUTS: &[&str] = &[
     lora::ADAPTER_WEIGHTS_FILE,
     "checkpoints",
     "best",
+    super::lint_gate::LINT_FILE,
 ];
 
 fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+    // A folder holding only the lint report of a run the lint refused counts as empty.
+    if dir.exists() && std::fs::read_dir(dir)?.any(|e| e.map_or(true, |e| e.file_name() != super::lint_gate::LINT_FILE)) {
         if !overwrite {
             bail!(
                 "output.dir {} is not empty: continue that run with `loratune train --resume {}`, choose another output.dir, or set output.overwrite = true",
@@ -219,6 +223,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let source = ModelSource::parse(&cfg.model.path).with_context(|| format!("model.path {}", cfg.model.path))?;
     let hub = HubOptions::from_env();
     let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
+    // The run folder is prepared first so that the lint report has a place to go.
+    if !opts.resume {
+        prepare_run_dir(&run_dir, cfg.output.overwrite)?;
+    }
+    let lint = super::lint_gate::check(cfg, format, policy, &tokenizer, &run_dir)?;
     let mut files = Vec::new();
     let mut per_file = Vec::new();
     for p in &cfg.data.train {
@@ -354,8 +363,6 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             }
             None => println!("resume  no complete checkpoint in {}: starting from step 0", run_dir.display()),
         }
-    } else {
-        prepare_run_dir(&run_dir, cfg.output.overwrite)?;
     }
     crate::atomic::write_bytes(&run_dir.join(CONFIG_FILE), cfg.to_toml_string().as_bytes())?;
     sessions.push(Session { started_at: started_at.clone(), from_step: state.step });
@@ -386,6 +393,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         ended_at: None,
         wall_seconds: state.wall_seconds,
         error: None,
+        lint,
     };
     let write_manifest = |m: &Manifest| -> Result<()> {
         let text = serde_json::to_string_pretty(m)? + "\n";
