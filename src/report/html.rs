@@ -38,14 +38,20 @@ fn table(out: &mut String, t: &Table) {
     out.push_str("</tr></thead>\n<tbody>\n");
     for row in &t.rows {
         out.push_str("<tr>");
-        for (i, cell) in row.iter().enumerate() {
-            // Values right-aligned, so digits line up.
-            let class = if i > 0 { " class=\"num\"" } else { "" };
+        for cell in row {
+            // Numbers right-aligned, so their digits line up.
+            let class = if is_number(cell) { " class=\"num\"" } else { "" };
             let _ = write!(out, "<td{class}>{}</td>", Esc(cell));
         }
         out.push_str("</tr>\n");
     }
     out.push_str("</tbody>\n</table>\n");
+}
+
+/// "1,234", "-0.50%", "6.4979": numbers as the tables print them.
+fn is_number(cell: &str) -> bool {
+    let digits = cell.trim_start_matches(['+', '-']).trim_end_matches('%').replace(',', "");
+    !digits.is_empty() && digits.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 fn note(out: &mut String, text: &str) {

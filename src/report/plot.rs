@@ -49,6 +49,14 @@ fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// Enough decimals to tell apart ticks about a tenth of `span` apart.
+fn label_decimals(span: f64) -> usize {
+    if span <= 0.0 || !span.is_finite() {
+        return 3;
+    }
+    (1.0 - (span / 10.0).log10().floor()).clamp(0.0, 6.0) as usize
+}
+
 fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
@@ -62,6 +70,7 @@ pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> Result<Option<
     let smoothed = moving_average(train, window);
     let last_step = train.iter().chain(eval).map(|p| p.0).max().unwrap_or(0).max(1);
     let (y_lo, y_hi) = y_range(train.iter().chain(eval).map(|p| p.1));
+    let decimals = label_decimals(y_hi - y_lo);
 
     let mut svg = String::new();
     {
@@ -76,11 +85,11 @@ pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> Result<Option<
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .light_line_style(GRID)
+            .light_line_style(TRANSPARENT)
             .bold_line_style(GRID)
             .x_desc("optimizer step")
             .y_desc("loss (mean per target token)")
-            .y_label_formatter(&|v| format!("{v:.3}"))
+            .y_label_formatter(&|v| format!("{:.*}", decimals, v))
             .axis_desc_style((FONT, 15))
             .label_style((FONT, 13))
             .draw()
@@ -139,7 +148,7 @@ pub fn lr_svg(lrs: &[(usize, f64)]) -> Result<Option<String>> {
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .light_line_style(GRID)
+            .light_line_style(TRANSPARENT)
             .bold_line_style(GRID)
             .x_desc("optimizer step")
             .y_desc("learning rate")
@@ -183,6 +192,14 @@ mod tests {
         // One eval marker per eval.
         assert_eq!(svg.matches("<circle").count(), eval.len());
         assert!(loss_svg(&[], &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn tick_labels_get_the_decimals_their_spacing_needs() {
+        assert_eq!(label_decimals(3.0), 2); // ticks 0.5 apart: 6.50, 6.00
+        assert_eq!(label_decimals(0.2), 3);
+        assert_eq!(label_decimals(40.0), 1);
+        assert_eq!(label_decimals(0.0), 3);
     }
 
     #[test]
