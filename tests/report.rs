@@ -228,11 +228,26 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     assert_eq!((w, h), (1280, 2000));
     let train_line = pixels.iter().filter(|&&p| near(p, (SMOOTHED_COLOR.0, SMOOTHED_COLOR.1, SMOOTHED_COLOR.2), 12)).count();
     let eval_line = pixels.iter().filter(|&&p| near(p, (EVAL_COLOR.0, EVAL_COLOR.1, EVAL_COLOR.2), 12)).count();
-    // The legend's samples alone are under 100 pixels each.
-    assert!(train_line > 600, "only {train_line} pixels of the train-loss colour: the plot did not render");
-    assert!(eval_line > 300, "only {eval_line} pixels of the eval-loss colour: the plot did not render");
     let not_white = pixels.iter().filter(|&&p| !near(p, (255, 255, 255), 8)).count();
+    println!("screenshot: {train_line} pixels of the train-loss colour, {eval_line} of the eval-loss colour, {not_white} not white");
+    // The legend's samples are under 100 pixels each, the three eval markers about 150.
+    assert!(train_line > 600, "only {train_line} pixels of the train-loss colour: the plot did not render");
+    assert!(eval_line > 600, "only {eval_line} pixels of the eval-loss colour: the plot did not render");
     assert!(not_white > 20_000, "the page looks blank ({not_white} non-white pixels)");
+
+    // Control: the same page without its SVG elements shows none of the line colours, so the
+    // counts above measure the plots.
+    let mut stripped = html.clone();
+    while let (Some(a), Some(b)) = (stripped.find("<svg"), stripped.find("</svg>")) {
+        stripped.replace_range(a..b + "</svg>".len(), "");
+    }
+    let control = run.join("control.html");
+    std::fs::write(&control, stripped).unwrap();
+    let png = d.join("control.png");
+    screenshot(&control.canonicalize().unwrap(), &png, &d.join("chromium-profile"));
+    let (_, _, pixels) = decode_png(&png);
+    let train_line = pixels.iter().filter(|&&p| near(p, (SMOOTHED_COLOR.0, SMOOTHED_COLOR.1, SMOOTHED_COLOR.2), 12)).count();
+    assert_eq!(train_line, 0, "the train-loss colour appears without the plot");
 }
 
 #[test]
