@@ -100,7 +100,7 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
     out.push_str("<h2>Generation: base vs tuned</h2>\n");
     match (tables::generation_table(s), s.eval.as_ref().and_then(|e| e.generation.as_ref())) {
         (Some(t), Some(g)) => {
-            let _ = writeln!(out, "<p>Scores over {} eval prompts, greedy answers of the base and the tuned model against the reference.</p>", g.examples);
+            let _ = writeln!(out, "<p>The base and the tuned model's answers to {} eval prompts, scored against the references.</p>", g.examples);
             table(&mut out, &t);
         }
         _ => note(&mut out, NOT_CONFIGURED),

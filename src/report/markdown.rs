@@ -75,7 +75,7 @@ pub fn render(s: &RunSummary, has_loss_plot: bool, has_lr_plot: bool) -> String 
     out.push_str("## Generation: base vs tuned\n\n");
     match (tables::generation_table(s), s.eval.as_ref().and_then(|e| e.generation.as_ref())) {
         (Some(t), Some(g)) => {
-            let _ = writeln!(out, "Scores over {} eval prompts, greedy answers of the base and the tuned model against the reference.\n", g.examples);
+            let _ = writeln!(out, "The base and the tuned model's answers to {} eval prompts, scored against the references.\n", g.examples);
             table(&mut out, &t);
         }
         _ => {

@@ -117,9 +117,9 @@ pub fn forgetting_warning(s: &RunSummary) -> Option<String> {
     let r = s.eval.as_ref()?.regression.as_ref()?;
     r.forgetting.then(|| {
         format!(
-            "Forgetting: the tuned model's loss on the regression set {} is {} of the base model's ({} -> {}), past the threshold of {}.",
+            "Forgetting: the tuned model's loss on the regression set {} is {} above the base model's ({} to {}), past the threshold of {}.",
             r.file,
-            fmt::fraction_pct(r.relative_change, true),
+            fmt::fraction_pct(r.relative_change, false),
             fmt::loss(r.base_loss),
             fmt::loss(r.tuned_loss),
             fmt::fraction_pct(r.threshold, false)
@@ -160,7 +160,7 @@ mod tests {
         let t = regression_table(&s).unwrap();
         assert_eq!(t.rows[0], ["keep.jsonl", "20", "1.2500", "1.5000", "+20.00%", "5.00%", "FORGETTING"]);
         let w = forgetting_warning(&s).unwrap();
-        assert!(w.contains("keep.jsonl") && w.contains("+20.00%") && w.contains("5.00%"), "{w}");
+        assert!(w.contains("keep.jsonl is 20.00% above the base model's (1.2500 to 1.5000), past the threshold of 5.00%"), "{w}");
         let e = eval_table(&s).unwrap();
         assert_eq!(e.rows, vec![vec!["base", "0", "2.5000", &fmt::perplexity(2.5f64.exp()), "+0.00%"], vec!["final", "4", "2.0000", &fmt::perplexity(2f64.exp()), "-20.00%"]]);
         assert!(generation_table(&s).is_none() && lint_table(&s).is_none());
