@@ -40,7 +40,7 @@ fn table(out: &mut String, t: &Table) {
         out.push_str("<tr>");
         for cell in row {
             // Numbers right-aligned, so their digits line up.
-            let class = if is_number(cell) { " class=\"num\"" } else { "" };
+            let class = if t.align_numbers && is_number(cell) { " class=\"num\"" } else { "" };
             let _ = write!(out, "<td{class}>{}</td>", Esc(cell));
         }
         out.push_str("</tr>\n");

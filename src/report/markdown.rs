@@ -35,7 +35,7 @@ pub fn fenced(text: &str, info: &str) -> String {
 
 fn table(out: &mut String, t: &Table) {
     let _ = writeln!(out, "| {} |", t.header.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(out, "|{}", t.header.iter().enumerate().map(|(i, _)| if i == 0 { "---|" } else { "---:|" }).collect::<String>());
+    let _ = writeln!(out, "|{}", t.header.iter().enumerate().map(|(i, _)| if i == 0 || !t.align_numbers { "---|" } else { "---:|" }).collect::<String>());
     for row in &t.rows {
         let _ = writeln!(out, "| {} |", row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
     }

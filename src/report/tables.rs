@@ -7,11 +7,13 @@ use super::{fmt, RunSummary};
 pub struct Table {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// Whether numbers line up in columns; false for lists of unlike quantities.
+    pub align_numbers: bool,
 }
 
 impl Table {
     fn new(header: &[&str]) -> Table {
-        Table { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
+        Table { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new(), align_numbers: true }
     }
 
     fn row(&mut self, cells: Vec<String>) {
@@ -36,6 +38,7 @@ pub fn training_table(s: &RunSummary) -> Table {
     let m = &s.manifest;
     let totals = s.training_totals();
     let mut t = Table::new(&["run", "value"]);
+    t.align_numbers = false;
     let mut kv = |k: &str, v: String| t.row(vec![k.to_string(), v]);
     kv("status", m.status.clone());
     kv("steps", format!("{} of {}", m.steps_completed, m.total_steps));
