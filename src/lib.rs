@@ -13,6 +13,7 @@
 //! - [`generate`]: text generation with a KV cache and an optional unmerged adapter;
 //! - [`merge`]: adapters folded into the base, written as a full Hugging Face checkpoint;
 //! - [`train`]: the frozen-base training step and the run around it;
+//! - [`report`]: a run folder's report (report.html, report.md) with loss plots;
 //! - [`gpu`]: opening a CUDA device for training and reading its peak memory;
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
 
@@ -28,5 +29,6 @@ pub mod generate;
 pub mod merge;
 pub mod lora;
 pub mod train;
+pub mod report;
 pub mod gpu;
 pub mod cli;

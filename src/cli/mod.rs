@@ -13,6 +13,7 @@ mod generate_cmd;
 mod init_model_cmd;
 mod merge_cmd;
 mod progress;
+mod report_cmd;
 mod train_cmd;
 
 #[derive(Parser, Debug)]
@@ -40,6 +41,8 @@ pub enum Command {
     Merge(merge_cmd::MergeArgs),
     /// Train a LoRA adapter from a TOML config (or --resume a run folder).
     Train(train_cmd::TrainArgs),
+    /// Write report.html and report.md (loss plots, metrics, samples) for a run folder.
+    Report(report_cmd::ReportArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -53,6 +56,7 @@ pub fn run() -> Result<()> {
         Command::InitModel(a) => init_model_cmd::run(a),
         Command::Merge(a) => merge_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),
+        Command::Report(a) => report_cmd::run(a),
     }
 }
 
