@@ -22,12 +22,16 @@ fn read(path: &Path) -> String {
 fn trained_run(d: &Path) -> PathBuf {
     let model = common::init_tiny(d, "tiny", &[]);
     let words = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron"];
+    // 64 distinct words: the lint before training refuses duplicated train/eval examples.
+    let word = |i: usize| format!("{}{}", words[i % 8], words[i / 8 % 8]);
     let line = |i: usize| {
-        let w = format!("{}{}", words[i % 8], words[(i * 3 + 1) % 8]);
+        let w = word(i);
         format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Shout {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{}!\"}}]}}\n", w.to_uppercase())
     };
     common::write(&d.join("train.jsonl"), &(0..32).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(32..38).map(line).collect::<String>());
+    let echo = |i: usize| format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Say {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{w}\"}}]}}\n", w = word(i));
+    common::write(&d.join("keep-skills.jsonl"), &(40..46).map(echo).collect::<String>());
     common::write(
         &d.join("run.toml"),
         &format!(
@@ -52,6 +56,9 @@ seed = 3
 [eval]
 every = 4
 batch_size = 4
+regression = "keep-skills.jsonl"
+generate_examples = 2
+max_new_tokens = 8
 [output]
 dir = "run"
 [device]
@@ -72,22 +79,29 @@ fn md_row(md: &str, first: &str) -> Vec<String> {
     line.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect()
 }
 
-/// What the other parts of issue 6 will write into a run folder (lint summary in run.json,
-/// lint.json, regression and generation results in eval.json, samples.jsonl), written here
-/// by hand until training produces them. The sample texts carry HTML and Markdown syntax.
-fn add_stand_ins_for_lint_regression_generation_and_samples(run: &Path) {
-    let mut manifest = read_json(&run.join("run.json"));
-    manifest["lint"] = json!({"errors": 0, "warnings": 3, "exact_duplicates": 2, "near_duplicates": 1, "conflicts": 0, "leakage": 1, "empty_answers": 0, "truncated": 4});
-    std::fs::write(run.join("run.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
-    std::fs::write(run.join("lint.json"), "{\"findings\": []}\n").unwrap();
+/// A copy of the run folder without what the lint, the regression set and the generation
+/// eval add, as a run with them turned off would have.
+fn strip_optional_sections(run: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["run.json", "metrics.jsonl", "eval.json", "config.toml"] {
+        std::fs::copy(run.join(f), to.join(f)).unwrap();
+    }
+    let mut manifest = read_json(&to.join("run.json"));
+    manifest.as_object_mut().unwrap().remove("lint");
+    std::fs::write(to.join("run.json"), serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let mut eval = read_json(&to.join("eval.json"));
+    eval.as_object_mut().unwrap().remove("regression");
+    eval.as_object_mut().unwrap().remove("generation");
+    std::fs::write(to.join("eval.json"), serde_json::to_string_pretty(&eval).unwrap()).unwrap();
+}
 
+/// Edits the run's regression result into forgetting and its samples into text with HTML
+/// and Markdown syntax, which the tiny model does not produce, to check the warning and
+/// the escaping.
+fn edit_in_forgetting_and_markup(run: &Path) {
     let mut eval = read_json(&run.join("eval.json"));
     eval["regression"] = json!({"file": "keep-skills.jsonl", "examples": 12, "base_loss": 1.2, "tuned_loss": 1.5, "relative_change": 0.25, "threshold": 0.1, "forgetting": true});
-    eval["generation"] = json!({"examples": 6,
-        "base": {"exact_match": 0.0, "token_f1": 0.25, "rouge_l": 0.3125, "json_valid": null},
-        "tuned": {"exact_match": 0.5, "token_f1": 0.875, "rouge_l": 0.9, "json_valid": null}});
     std::fs::write(run.join("eval.json"), serde_json::to_string_pretty(&eval).unwrap()).unwrap();
-
     let samples = [
         json!({"line": 1, "prompt": "Shout <b>bold</b> & \"quoted\" 'single'", "reference": "<B>BOLD</B>!", "base": "<script>alert(\"x\")</script>", "tuned": "a | b\nsecond line\n```\nnot the end of a block"}),
         json!({"line": 5, "prompt": "Shout ember", "reference": null, "base": "ember?", "tuned": "EMBER!"}),
@@ -138,17 +152,17 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     let d = dir.path();
     let run = trained_run(d);
 
-    // Straight after training: the sections other code will fill say so, nothing fails.
-    let o = common::loratune(d, &["report", "run", "--out", "plain"]);
+    // Without the optional parts, their sections say so and nothing fails.
+    strip_optional_sections(&run, &d.join("plain-run"));
+    let o = common::loratune(d, &["report", "plain-run", "--out", "plain"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let plain = read(&d.join("plain/report.md"));
     for section in ["## Generation: base vs tuned", "## Regression set", "## Data lint", "## Samples"] {
         let after = plain.split(section).nth(1).unwrap_or_else(|| panic!("{section} missing"));
         assert!(after.trim_start().starts_with("_not configured for this run._"), "{section}: {after}");
     }
-    assert!(!plain.contains("Warning") && !run.join("report.md").exists(), "--out writes elsewhere");
+    assert!(!plain.contains("Warning") && !d.join("plain-run/report.md").exists(), "--out writes elsewhere");
 
-    add_stand_ins_for_lint_regression_generation_and_samples(&run);
     let o = common::loratune(d, &["report", "run"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let printed = common::stdout(&o);
@@ -186,15 +200,40 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     assert_eq!(md_row(&md, "status")[1], "completed");
     assert_eq!(md_row(&md, "epochs reached")[1], (steps[7]["epoch"].as_u64().unwrap() + 1).to_string());
 
-    // The stand-in sections.
+    // What training measured beside the loss: regression set, generation scores, lint.
+    let r = &eval["regression"];
+    let (rb, rt) = (r["base_loss"].as_f64().unwrap(), r["tuned_loss"].as_f64().unwrap());
+    let verdict = if r["forgetting"].as_bool().unwrap() { "FORGETTING" } else { "ok" };
+    assert_eq!(
+        md_row(&md, "keep-skills.jsonl"),
+        ["keep-skills.jsonl".to_string(), "6".into(), format!("{rb:.4}"), format!("{rt:.4}"), format!("{:+.2}%", 100.0 * (rt - rb) / rb), "5.00%".into(), verdict.into()]
+    );
+    let g = &eval["generation"];
+    let (fb, ft) = (g["base"]["token_f1"].as_f64().unwrap(), g["tuned"]["token_f1"].as_f64().unwrap());
+    assert_eq!(md_row(&md, "token F1"), ["token F1".to_string(), format!("{fb:.3}"), format!("{ft:.3}"), format!("{:+.3}", ft - fb)]);
+    assert_eq!(md_row(&md, "valid JSON"), ["valid JSON", "n/a", "n/a", "n/a"], "references are not JSON");
+    let lint = &read_json(&run.join("run.json"))["lint"];
+    assert_eq!(md_row(&md, "examples"), ["examples".to_string(), lint["examples"].to_string()]);
+    assert_eq!(lint["examples"], 38);
+    assert_eq!(md_row(&md, "errors"), ["errors", "0"]);
+    assert!(md.contains("[lint.json](lint.json)") && html.contains("<code>lint.json</code>"));
+    let samples: Vec<Value> = read(&run.join("samples.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(samples.len(), 2);
+    assert!(md.contains("### Sample 1 (eval file line 1)") && md.contains("### Sample 2 (eval file line 2)"), "{md}");
+    for s in &samples {
+        let tuned = s["tuned"].as_str().unwrap();
+        assert!(md.contains(&format!("```text\n{tuned}\n```")), "sample {} not in report.md", s["line"]);
+    }
+
+    // The forgetting warning and escaping, on edited results.
+    edit_in_forgetting_and_markup(&run);
+    let o = common::loratune(d, &["report", "run"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let md = read(&run.join("report.md"));
+    let html = read(&run.join("report.html"));
     assert_eq!(md_row(&md, "keep-skills.jsonl"), ["keep-skills.jsonl", "12", "1.2000", "1.5000", "+25.00%", "10.00%", "FORGETTING"]);
     assert!(md.contains("> **Warning.** Forgetting:"), "no forgetting warning in report.md");
     assert!(html.contains("<div class=\"warning\">Forgetting:"), "no forgetting warning in report.html");
-    assert_eq!(md_row(&md, "token F1"), ["token F1", "0.250", "0.875", "+0.625"]);
-    assert_eq!(md_row(&md, "valid JSON"), ["valid JSON", "n/a", "n/a", "n/a"]);
-    assert_eq!(md_row(&md, "exact_duplicates"), ["exact_duplicates", "2"]);
-    assert_eq!(md_row(&md, "truncated"), ["truncated", "4"]);
-    assert!(md.contains("[lint.json](lint.json)") && html.contains("<code>lint.json</code>"));
 
     // Samples: escaped in HTML; in Markdown verbatim inside fences that the text can't close.
     assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt;"), "sample not escaped");
