@@ -100,18 +100,8 @@ pub struct EvalFile {
     pub generation: Option<Generation>,
 }
 
-/// Base and tuned loss on a regression set (what the base did well and must keep doing).
-/// `relative_change` and `threshold` are fractions: 0.05 is 5%.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Regression {
-    pub file: String,
-    pub examples: usize,
-    pub base_loss: f64,
-    pub tuned_loss: f64,
-    pub relative_change: f64,
-    pub threshold: f64,
-    pub forgetting: bool,
-}
+/// Base and tuned loss on a regression set, as training writes it.
+pub use crate::train::base_vs_tuned::RegressionReport as Regression;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Generation {

@@ -104,7 +104,7 @@ pub fn regression_table(s: &RunSummary) -> Option<Table> {
     let r = s.eval.as_ref()?.regression.as_ref()?;
     let mut t = Table::new(&["regression set", "examples", "base loss", "tuned loss", "change", "threshold", "verdict"]);
     t.row(vec![
-        r.file.clone(),
+        r.file.display().to_string(),
         fmt::count(r.examples),
         fmt::loss(r.base_loss),
         fmt::loss(r.tuned_loss),
@@ -121,7 +121,7 @@ pub fn forgetting_warning(s: &RunSummary) -> Option<String> {
     r.forgetting.then(|| {
         format!(
             "Forgetting: the tuned model's loss on the regression set {} is {} above the base model's ({} to {}), past the threshold of {}.",
-            r.file,
+            r.file.display(),
             fmt::fraction_pct(r.relative_change, false),
             fmt::loss(r.base_loss),
             fmt::loss(r.tuned_loss),

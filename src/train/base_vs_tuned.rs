@@ -37,8 +37,9 @@ impl RegressionSet {
     }
 }
 
-/// eval.json's `regression`.
-#[derive(Debug, Clone, Serialize)]
+/// eval.json's `regression` (read back by `loratune report`). `relative_change` and
+/// `threshold` are fractions: 0.05 is 5%.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RegressionReport {
     pub file: PathBuf,
     pub examples: usize,
