@@ -12,6 +12,7 @@ use crate::encode::{self, EncodedExample};
 use crate::generate::{self, Generator};
 use crate::lora::{self, LoraWeights};
 use crate::model::{self, LoadOptions, ModelSource};
+use crate::report::markdown::cell;
 
 /// One side of the comparison: a model, with an adapter or without.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -213,11 +214,6 @@ pub fn metric_rows(c: &Comparison) -> Vec<(String, String, String)> {
     rows.push(("mean answer tokens".into(), format!("{:.1}", c.a.mean_tokens), format!("{:.1}", c.b.mean_tokens)));
     rows.push(("tokens/s".into(), format!("{:.1}", c.a.tokens_per_second), format!("{:.1}", c.b.tokens_per_second)));
     rows
-}
-
-/// Text for a Markdown table cell: one line, pipes escaped.
-fn cell(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace('\r', "").replace('\n', "<br>")
 }
 
 fn markdown(c: &Comparison) -> String {
