@@ -16,12 +16,13 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::eval::text_metrics::TextScores;
 use crate::train::checkpoint::EvalPoint;
 use crate::train::report::MetricsLine;
 use crate::train::run::{CONFIG_FILE, EVAL_FILE, MANIFEST_FILE, METRICS_FILE};
 
-pub const SAMPLES_FILE: &str = "samples.jsonl";
-pub const LINT_FILE: &str = "lint.json";
+pub use crate::train::base_vs_tuned::SAMPLES_FILE;
+pub use crate::train::lint_gate::LINT_FILE;
 pub const HTML_FILE: &str = "report.html";
 pub const MARKDOWN_FILE: &str = "report.md";
 pub const LOSS_PLOT_FILE: &str = "loss.svg";
@@ -103,20 +104,13 @@ pub struct EvalFile {
 /// Base and tuned loss on a regression set, as training writes it.
 pub use crate::train::base_vs_tuned::RegressionReport as Regression;
 
+/// eval.json's `generation`: each side's mean scores, with the fields training writes them
+/// with (its per-side `examples` count is not shown).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Generation {
     pub examples: usize,
-    pub base: GenerationScores,
-    pub tuned: GenerationScores,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct GenerationScores {
-    pub exact_match: f64,
-    pub token_f1: f64,
-    pub rouge_l: f64,
-    #[serde(default)]
-    pub json_valid: Option<f64>,
+    pub base: TextScores,
+    pub tuned: TextScores,
 }
 
 /// One line of samples.jsonl: an eval prompt answered by the base and the tuned model.
