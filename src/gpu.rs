@@ -38,6 +38,18 @@ pub fn open_cuda(ordinal: usize) -> Result<Device> {
     Ok(device)
 }
 
+/// GPUs the driver shows this process (0 in a build without CUDA).
+pub fn device_count() -> Result<usize> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::WrapErr;
+        let n = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count().w()?;
+        return Ok(n.max(0) as usize);
+    }
+    #[allow(unreachable_code)]
+    Ok(0)
+}
+
 /// Starts a new peak window (on CUDA, after returning the pool's free blocks).
 pub fn reset_peak_memory(device: &Device) -> Result<()> {
     #[cfg(feature = "cuda")]

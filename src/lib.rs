@@ -31,4 +31,5 @@ pub mod lora;
 pub mod train;
 pub mod report;
 pub mod gpu;
+pub mod distributed;
 pub mod cli;

@@ -142,6 +142,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("output", "overwrite", Bool),
     key("device", "name", Str),
     key("device", "threads", UInt),
+    key("device", "gpus", UInt),
 ];
 
 pub(crate) fn lookup(section: &str, name: &str) -> Option<&'static KeySpec> {

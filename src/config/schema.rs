@@ -227,8 +227,10 @@ pub struct OutputSection {
 pub struct DeviceSection {
     /// `auto`, `cpu`, `cuda` or `cuda:N`; `auto` takes the first GPU when there is one.
     pub name: String,
-    /// CPU threads (>= 1); `None`: all cores.
+    /// CPU threads (>= 1); `None`: all cores (shared out among the ranks of `gpus`).
     pub threads: Option<usize>,
+    /// Data parallel: this many processes on this machine, one per GPU (`--gpus N`).
+    pub gpus: Option<usize>,
 }
 
 impl TrainConfig {
@@ -332,6 +334,7 @@ impl Default for DeviceSection {
         DeviceSection {
             name: "auto".to_string(),
             threads: None,
+            gpus: None,
         }
     }
 }

@@ -650,6 +650,7 @@ fn key_table_matches_the_structs() {
     cfg.data.eval = Some("e.jsonl".into());
     cfg.train.max_steps = Some(3);
     cfg.device.threads = Some(1);
+    cfg.device.gpus = Some(2);
     cfg.lora.init_from = Some("runs/a".into());
     cfg.data.weights = Some(vec![1.0]);
     cfg.model.quantize = Some("q4_k".into());

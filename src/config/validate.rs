@@ -166,6 +166,9 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     c.int("output.keep_checkpoints", output.keep_checkpoints, 1, None)?;
 
     c.device("device.name", &device.name)?;
+    if let Some(gpus) = device.gpus {
+        c.int("device.gpus", gpus, 1, None)?;
+    }
     if let Some(threads) = device.threads {
         c.int("device.threads", threads, 1, None)?;
     }

@@ -30,7 +30,8 @@ pub struct TrainerState {
     pub total_steps: usize,
     /// The next micro-batch to train on.
     pub position: DataPosition,
-    /// The dropout RNG of step s is ChaCha8(seed) on stream s: nothing else to save.
+    /// The dropout RNG of micro-batch k of step s is ChaCha8(seed) on stream (s << 20) | k:
+    /// nothing else to save.
     pub rng_seed: u64,
     pub base_eval: Option<EvalPoint>,
     pub best_eval: Option<EvalPoint>,
@@ -40,6 +41,14 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// Training wall time before this process (seconds).
     pub wall_seconds: f64,
+    /// Ranks that trained together (data parallel); a resume needs as many. Checkpoints
+    /// from before data parallelism lack it: one.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {

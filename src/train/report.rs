@@ -60,11 +60,13 @@ impl MetricsLog {
 pub struct Reporter {
     bar: Option<ProgressBar>,
     log_every: usize,
+    /// False on the ranks of a data-parallel run other than rank 0, which speaks for them.
+    show: bool,
 }
 
 impl Reporter {
-    pub fn new(total_steps: usize, start_step: usize, log_every: usize) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    pub fn new(total_steps: usize, start_step: usize, log_every: usize, show: bool) -> Self {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total_steps as u64);
             bar.set_style(
                 ProgressStyle::with_template("train [{bar:28}] {pos}/{len} {msg} eta {eta}").expect("valid template").progress_chars("=> "),
@@ -73,11 +75,14 @@ impl Reporter {
             bar.reset_eta();
             bar
         });
-        Reporter { bar, log_every: log_every.max(1) }
+        Reporter { bar, log_every: log_every.max(1), show }
     }
 
     /// A message that must not be lost in the bar (evals, checkpoints, warnings).
     pub fn println(&self, msg: &str) {
+        if !self.show {
+            return;
+        }
         match &self.bar {
             Some(b) => b.println(msg),
             None => println!("{msg}"),
@@ -85,6 +90,9 @@ impl Reporter {
     }
 
     pub fn step(&self, m: &MetricsLine, total: usize) {
+        if !self.show {
+            return;
+        }
         let (loss, lr, gn, tps) = (m.loss.unwrap_or(f64::NAN), m.lr.unwrap_or(0.0), m.grad_norm.unwrap_or(0.0), m.tokens_per_s.unwrap_or(0.0));
         match &self.bar {
             Some(b) => {

@@ -26,6 +26,7 @@ use crate::encode::EncodedExample;
 use crate::lora::{self, LoraSpec, LoraWeights, Target};
 use crate::model::hub::HubOptions;
 use crate::model::{self, Llama, LoadOptions, ModelIdentity, ModelSource};
+use crate::distributed::{self, Backend, ProcessGroup};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const MANIFEST_FILE: &str = "run.json";
@@ -41,6 +42,8 @@ pub struct RunOptions {
     /// Set by Ctrl-C: the run checkpoints after the current step and stops.
     pub interrupt: Arc<AtomicBool>,
     pub command_line: Vec<String>,
+    /// The ranks of a data-parallel run (`ProcessGroup::single()` for one process).
+    pub group: ProcessGroup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,6 +94,9 @@ struct Manifest {
     device: String,
     dtype: String,
     threads: usize,
+    /// Processes that trained together (data parallel), and how their gradients travelled.
+    ranks: usize,
+    collectives: Backend,
     started_at: String,
     /// One entry per process that worked on the run (the first, then each resume).
     sessions: Vec<Session>,
@@ -129,9 +135,19 @@ fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Mean target-token loss of `examples` with the adapter applied.
-pub fn eval_loss(model: &Llama, lora: &LoraWeights, examples: &[EncodedExample], batch_size: usize, pad: u32) -> Result<f64> {
-    Ok(crate::eval::evaluate(model, Some(lora), examples, batch_size, pad, |_, _| {})?.loss)
+/// Mean target-token loss of `examples` with the adapter applied. With several ranks each
+/// evaluates its share and the sums are added, so every rank gets the whole set's loss.
+pub fn eval_loss(model: &Llama, lora: &LoraWeights, examples: &[EncodedExample], batch_size: usize, pad: u32, group: &ProcessGroup) -> Result<f64> {
+    let mine = distributed::shard(examples, group.rank, group.world_size);
+    let mut sums = [0f64, 0f64];
+    if !mine.is_empty() {
+        let s = crate::eval::evaluate(model, Some(lora), mine, batch_size, pad, |_, _| {})?;
+        if s.target_tokens > 0 {
+            sums = [s.loss * s.target_tokens as f64, s.target_tokens as f64];
+        }
+    }
+    group.sum_f64(&mut sums)?;
+    Ok(sums[0] / sums[1])
 }
 
 /// The adapter of `lora.init_from`, checked against the run's [lora] section: its rank,
@@ -210,6 +226,12 @@ fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
 
 pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let cfg = &opts.config;
+    let group = &opts.group;
+    // Rank 0 writes the run's files and speaks; the other ranks only compute.
+    let main = group.is_main();
+    macro_rules! say {
+        ($($t:tt)*) => { if main { println!($($t)*) } };
+    }
     let run_dir = PathBuf::from(&cfg.output.dir);
     let process_start = Instant::now();
     let started_at = now();
@@ -224,10 +246,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let hub = HubOptions::from_env();
     let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
     // The run folder is prepared first so that the lint report has a place to go.
-    if !opts.resume {
+    if !opts.resume && main {
         prepare_run_dir(&run_dir, cfg.output.overwrite)?;
     }
-    let lint = super::lint_gate::check(cfg, format, policy, &tokenizer, &run_dir)?;
+    // Rank 0 lints (a refusal there ends every rank: the launcher stops the rest).
+    let lint = if main { super::lint_gate::check(cfg, format, policy, &tokenizer, &run_dir)? } else { None };
     let mut files = Vec::new();
     let mut per_file = Vec::new();
     for p in &cfg.data.train {
@@ -239,7 +262,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         Some(weights) => {
             let counts = batches::mix_counts(&per_file.iter().map(Vec::len).collect::<Vec<_>>(), weights);
             for ((stats, &k), w) in files.iter_mut().zip(&counts).zip(weights) {
-                println!("mix     {k} of {} examples from {} (weight {w})", stats.records - stats.without_targets, stats.path.display());
+                say!("mix     {k} of {} examples from {} (weight {w})", stats.records - stats.without_targets, stats.path.display());
                 stats.mixed_in = Some(k);
             }
             batches::mix(per_file, &counts, cfg.data.split_seed)
@@ -271,10 +294,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         None => None,
     };
     let lens: Vec<usize> = train.iter().map(|e| e.len()).collect();
+    // The plan of the whole group: a step is grad_accum micro-batches on each rank, the
+    // same steps a single process would take with grad_accum x ranks.
     let plan = BatchPlan {
         seed: cfg.train.seed,
         micro_batch_size: cfg.train.micro_batch_size,
-        grad_accum: cfg.train.grad_accum,
+        grad_accum: cfg.train.grad_accum * group.world_size,
         packing: cfg.data.packing,
         max_seq_len: cfg.data.max_seq_len,
     };
@@ -304,7 +329,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", cfg.model.path))?;
     let model = loaded.model;
     let pad = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
-    println!("model   {} ({} parameters, {} on {}, loaded in {:.1}s)", loaded.identity.source, loaded.identity.num_parameters, load_opts.dtype.as_str(), model::device_label(&opts.device), t0.elapsed().as_secs_f64());
+    say!("model   {} ({} parameters, {} on {}, loaded in {:.1}s)", loaded.identity.source, loaded.identity.num_parameters, load_opts.dtype.as_str(), model::device_label(&opts.device), t0.elapsed().as_secs_f64());
     let mut weight_files = Vec::new();
     for p in &loaded.identity.weight_files {
         let (sha256, bytes) = batches::sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
@@ -317,7 +342,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         None => (LoraWeights::init(&spec, &model.config, cfg.train.seed, &opts.device)?, None),
         Some(dir) => {
             let (lora, file) = start_adapter(Path::new(dir), &spec, &model.config, &opts.device)?;
-            println!("adapter starts from {dir} (r={}, {} tensors)", spec.r, lora.tensors().len());
+            say!("adapter starts from {dir} (r={}, {} tensors)", spec.r, lora.tensors().len());
             (lora, Some(file))
         }
     };
@@ -334,6 +359,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         evals_without_improvement: 0,
         tokens_seen: 0,
         wall_seconds: 0.0,
+        world_size: group.world_size,
     };
     let mut sessions = Vec::new();
     let mut first_started = started_at.clone();
@@ -353,18 +379,43 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
                 }
             }
         }
-        match checkpoint::list(&run_dir).pop() {
+        let newest = checkpoint::list(&run_dir).pop();
+        // Every rank reads the checkpoint itself; all must find rank 0's.
+        let mut step0 = newest.as_ref().map_or(0u64, |(s, _)| *s as u64).to_le_bytes().to_vec();
+        group.broadcast(&mut step0)?;
+        let step0 = u64::from_le_bytes(step0[..8].try_into().context("rank 0's checkpoint step")?) as usize;
+        if newest.as_ref().map_or(0, |(s, _)| *s) != step0 {
+            bail!(
+                "rank {} finds {} in {} but rank 0 resumes from step {step0}: on several machines, output.dir must be a file system they all share",
+                group.rank,
+                newest.as_ref().map_or("no checkpoint".to_string(), |(s, _)| format!("step {s}")),
+                run_dir.display()
+            );
+        }
+        match newest {
             Some((step, dir)) => {
                 let (l, s) = checkpoint::load(&dir, &model.config, &mut opt, &opts.device)?;
                 anyhow::ensure!(l.spec == spec, "{}: the adapter's LoRA settings differ from {}", dir.display(), CONFIG_FILE);
+                if s.world_size != group.world_size {
+                    bail!(
+                        "{}: this run trained with {} rank(s) and is resumed with {}: its steps are batches of {} ranks, so resume it with --gpus {} (or as many ranks in all)",
+                        dir.display(),
+                        s.world_size,
+                        group.world_size,
+                        s.world_size,
+                        s.world_size
+                    );
+                }
                 lora = l;
                 state = TrainerState { total_steps, ..s };
-                println!("resume  from {} (step {step} of {total_steps})", dir.display());
+                say!("resume  from {} (step {step} of {total_steps})", dir.display());
             }
-            None => println!("resume  no complete checkpoint in {}: starting from step 0", run_dir.display()),
+            None => say!("resume  no complete checkpoint in {}: starting from step 0", run_dir.display()),
         }
     }
-    crate::atomic::write_bytes(&run_dir.join(CONFIG_FILE), cfg.to_toml_string().as_bytes())?;
+    if main {
+        crate::atomic::write_bytes(&run_dir.join(CONFIG_FILE), cfg.to_toml_string().as_bytes())?;
+    }
     sessions.push(Session { started_at: started_at.clone(), from_step: state.step });
     let threads = candle_core::utils::get_num_threads();
     let mut manifest = Manifest {
@@ -386,6 +437,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         device: model::device_label(&opts.device),
         dtype: load_opts.dtype.as_str().to_string(),
         threads,
+        ranks: group.world_size,
+        collectives: group.backend,
         started_at: first_started,
         sessions,
         status: RunStatus::Running,
@@ -396,25 +449,46 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         lint,
     };
     let write_manifest = |m: &Manifest| -> Result<()> {
+        if !main {
+            return Ok(());
+        }
         let text = serde_json::to_string_pretty(m)? + "\n";
         crate::atomic::write_bytes(&run_dir.join(MANIFEST_FILE), text.as_bytes())?;
         Ok(())
     };
     write_manifest(&manifest)?;
-    println!(
+    if group.world_size > 1 {
+        say!(
+            "ranks   {} processes ({:?} collectives): each runs {} of a step's {} micro-batches",
+            group.world_size,
+            group.backend,
+            cfg.train.grad_accum,
+            plan.grad_accum
+        );
+    }
+    say!(
         "data    {} train examples, {} eval examples ({}), {} steps of {} x {} micro-batches",
         train.len(),
         eval.len(),
         eval_set,
         total_steps,
-        cfg.train.grad_accum,
+        plan.grad_accum,
         cfg.train.micro_batch_size
     );
-    println!("lora    r={} alpha={} on {} ({} trainable parameters)", spec.r, spec.alpha, cfg.lora.target_modules.join(","), lora.num_parameters());
+    say!("lora    r={} alpha={} on {} ({} trainable parameters)", spec.r, spec.alpha, cfg.lora.target_modules.join(","), lora.num_parameters());
 
-    let metrics = MetricsLog::open(&run_dir.join(METRICS_FILE), opts.resume.then_some(state.step))?;
+    let metrics = match main {
+        true => Some(MetricsLog::open(&run_dir.join(METRICS_FILE), opts.resume.then_some(state.step))?),
+        false => None,
+    };
+    let append_metrics = |line: &MetricsLine| -> Result<()> {
+        match &metrics {
+            Some(m) => m.append(line),
+            None => Ok(()),
+        }
+    };
     let base_model_name = cfg.model.path.clone();
-    let eval_now = |lora: &LoraWeights| eval_loss(&model, lora, &eval, cfg.eval.batch_size, pad);
+    let eval_now = |lora: &LoraWeights| eval_loss(&model, lora, &eval, cfg.eval.batch_size, pad, group);
     let elapsed = |state: &TrainerState| state.wall_seconds + process_start.elapsed().as_secs_f64();
 
     // The base model's eval loss, before any training (B = 0, so this is the base).
@@ -422,11 +496,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         let loss = eval_now(&lora)?;
         state.base_eval = Some(EvalPoint { step: 0, loss });
         state.best_eval = Some(EvalPoint { step: 0, loss });
-        metrics.append(&MetricsLine { step: 0, eval_loss: Some(loss), elapsed_s: elapsed(&state), ..Default::default() })?;
-        println!("eval    step 0 (base model): loss {loss:.4}");
+        append_metrics(&MetricsLine { step: 0, eval_loss: Some(loss), elapsed_s: elapsed(&state), ..Default::default() })?;
+        say!("eval    step 0 (base model): loss {loss:.4}");
     }
 
-    let reporter = Reporter::new(total_steps, state.step, cfg.train.log_every);
+    let reporter = Reporter::new(total_steps, state.step, cfg.train.log_every, main);
     let mut loader = Loader::new(plan, &lens, state.position);
     let step_opts = StepOptions { gradient_checkpointing: cfg.train.gradient_checkpointing, checkpoint_layers: cfg.train.checkpoint_layers, dropout: cfg.lora.dropout, profiler: None };
     let mut status = RunStatus::Completed;
@@ -436,21 +510,30 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let outcome: Result<()> = (|| {
         while state.step < total_steps {
             let t_step = Instant::now();
+            // The whole group's micro-batches of this step; this rank runs its share.
             let micro_batches = loader.next_step();
             let step_targets: usize = micro_batches.iter().flatten().flatten().map(|&i| train[i].num_targets()).sum();
+            let mine = distributed::shard_range(micro_batches.len(), group.rank, group.world_size);
             let mut grads = LoraGrads::zeros(&lora)?;
-            let mut rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
-            rng.set_stream(state.step as u64);
             let (mut nll, mut tokens) = (0f64, 0usize);
-            for mb in &micro_batches {
-                let rows: Vec<Vec<&EncodedExample>> = mb.iter().map(|r| r.iter().map(|&i| &train[i]).collect()).collect();
+            for k in mine {
+                let rows: Vec<Vec<&EncodedExample>> = micro_batches[k].iter().map(|r| r.iter().map(|&i| &train[i]).collect()).collect();
                 let batch = TrainBatch::new(&rows, pad, &opts.device)?;
+                // Dropout draws from a stream of its own per micro-batch, whichever rank runs it.
+                let mut rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
+                rng.set_stream(((state.step as u64) << 20) | k as u64);
                 let s = step::forward_backward(&model, &lora, &batch, 1.0 / step_targets as f64, step_opts, &mut rng, &mut grads)?;
                 nll += s.nll_sum;
                 tokens += s.num_tokens;
             }
+            // Gradients, loss, tokens and the stop flag summed over ranks: every rank takes
+            // the same optimizer step and stops at the same one.
+            let g = group.sum_tensors(&grads.tensors())?;
+            let mut shared = [nll, tokens as f64, f64::from(u8::from(opts.interrupt.load(Ordering::SeqCst)))];
+            group.sum_f64(&mut shared)?;
+            let (nll, tokens, interrupted) = (shared[0], shared[1] as usize, shared[2] > 0.0);
             let loss = nll / step_targets as f64;
-            let mut g = grads.tensors();
+            let mut g = g;
             let grad_norm = optimizer::clip_by_global_norm(&mut g, cfg.train.max_grad_norm)?;
             if !loss.is_finite() || !grad_norm.is_finite() {
                 let last = checkpoint::list(&run_dir).pop().map(|(s, d)| format!("; the last good checkpoint is {} (step {s})", d.display())).unwrap_or_default();
@@ -487,7 +570,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
                 if improved {
                     state.best_eval = Some(point);
                     state.evals_without_improvement = 0;
-                    if cfg.output.save_best {
+                    if cfg.output.save_best && main {
                         lora::save_adapter(&run_dir.join("best"), &lora, &base_model_name)?;
                     }
                 } else {
@@ -498,15 +581,17 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
                 reporter.println(&format!("eval    step {}: loss {loss:.4} (best {:.4} at step {})", state.step, best.loss, best.step));
             }
             line.elapsed_s = elapsed(&state);
-            metrics.append(&line)?;
+            append_metrics(&line)?;
             reporter.step(&line, total_steps);
 
-            let interrupted = opts.interrupt.load(Ordering::SeqCst);
             let due_ckpt = (cfg.output.checkpoint_every > 0 && state.step % cfg.output.checkpoint_every == 0)
                 || state.step == total_steps
                 || stop_early
                 || interrupted;
             if due_ckpt {
+                group.check_in_sync(&lora.tensors(), &format!("step {}", state.step))?;
+            }
+            if due_ckpt && main {
                 let saved = TrainerState { wall_seconds: elapsed(&state), ..state.clone() };
                 let dir = checkpoint::save(&run_dir, &lora, &opt, &saved, &base_model_name)?;
                 checkpoint::prune(&run_dir, cfg.output.keep_checkpoints)?;
@@ -553,7 +638,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         state.evals.push(EvalPoint { step: state.step, loss });
     }
     let final_eval = state.evals.last().copied().filter(|e| e.step == state.step);
-    if status != RunStatus::Interrupted {
+    if status != RunStatus::Interrupted && main {
         lora::save_adapter(&run_dir, &lora, &base_model_name)?;
         let extra_stops = if loaded.identity.resolved.is_dir() { crate::generate::generation_config_stop_ids(&loaded.identity.resolved) } else { Vec::new() };
         let (regression, generation) = base_vs_tuned::check(&model, &lora, &tokenizer, &extra_stops, regression.as_ref(), &eval_prompts, &cfg.eval, pad, &run_dir)?;
@@ -575,9 +660,9 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     manifest.ended_at = Some(now());
     write_manifest(&manifest)?;
     let trained = state.step - session_start_step;
-    println!("done    {:?} after {} steps ({} this session) in {:.0}s", status, state.step, trained, manifest.wall_seconds);
+    say!("done    {:?} after {} steps ({} this session) in {:.0}s", status, state.step, trained, manifest.wall_seconds);
     if let (Some(b), Some(f)) = (state.base_eval, final_eval) {
-        println!("eval    base {:.4} -> final {:.4} ({:+.1}%)", b.loss, f.loss, 100.0 * (f.loss - b.loss) / b.loss);
+        say!("eval    base {:.4} -> final {:.4} ({:+.1}%)", b.loss, f.loss, 100.0 * (f.loss - b.loss) / b.loss);
     }
     Ok(RunOutcome { status, run_dir, steps: state.step, base_eval: state.base_eval, best_eval: state.best_eval, final_eval })
 }
