@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// Write the result (ours, peer, ratio) here as JSON.
     #[arg(long, value_name = "OUT")]
     pub json: Option<PathBuf>,
+    /// Data parallel as `train --gpus N`: N processes, each training its own windows, the
+    /// gradients summed over them every step; tokens/s is then per GPU, and the group's
+    /// total and the all-reduce time are printed too.
+    #[arg(long, value_name = "N", conflicts_with = "peer")]
+    pub gpus: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -129,7 +134,32 @@ fn repo_path(p: &str) -> PathBuf {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let device = super::parse_device(&a.device)?;
+    let rank_env = crate::distributed::RankEnv::from_env()?;
+    if rank_env.is_none() && a.gpus.unwrap_or(1) > 1 {
+        let n = a.gpus.unwrap_or(1);
+        let cpu = a.device == "cpu" || (a.device == "auto" && !candle_core::utils::cuda_is_available());
+        if !cpu {
+            let have = crate::gpu::device_count()?;
+            anyhow::ensure!(n <= have, "--gpus {n}: this machine has {have} GPU(s)");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let code = crate::distributed::launch::launch(n, &crate::distributed::NodeEnv::from_env()?, &args, cpu.then_some((cores / n).max(1)))?;
+        if code != 0 {
+            std::process::exit(code);
+        }
+        return Ok(());
+    }
+    let device_name = match &rank_env {
+        Some(env) => crate::distributed::rank_device(&a.device, env)?,
+        None => a.device.clone(),
+    };
+    let device = super::parse_device(&device_name)?;
+    let group = match &rank_env {
+        Some(env) => crate::distributed::ProcessGroup::join(env, &device)?,
+        None => crate::distributed::ProcessGroup::single(),
+    };
+    let main = group.is_main();
     let dtype = a.dtype.as_deref().map(super::parse_dtype).transpose()?;
     let targets = parse_targets(&a.targets)?;
 
@@ -175,21 +205,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
         profile: a.profile,
         quantize: a.quantize.as_deref().map(crate::model::quantized::Quantize::parse).transpose().map_err(|e| anyhow::anyhow!("--quantize: {e}"))?,
     };
-    eprintln!(
-        "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
-        match &opts.preset {
-            Some(p) => format!("preset {p}, random token ids"),
-            None => format!("{} conversations", opts.data.display()),
-        },
-        opts.seq_len,
-        opts.batch_size,
-        opts.r,
-        opts.alpha,
-        opts.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(","),
-        opts.warmup,
-        opts.steps
-    );
-    let ours = bench::run(&opts, |s| {
+    if main {
+        eprintln!(
+            "loratune: {} -> windows of {} x batch {}; r={} alpha={} on {}; {} warmup + {} timed steps",
+            match &opts.preset {
+                Some(p) => format!("preset {p}, random token ids"),
+                None => format!("{} conversations", opts.data.display()),
+            },
+            opts.seq_len,
+            opts.batch_size,
+            opts.r,
+            opts.alpha,
+            opts.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(","),
+            opts.warmup,
+            opts.steps
+        );
+    }
+    let ours = bench::run(&opts, &group, |s| {
+        if !main {
+            return;
+        }
         eprintln!(
             "  step {:3}{}  loss {:.4}  {:.3} s  {:.0} tokens/s",
             s.step,
@@ -198,7 +233,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             s.seconds,
             s.tokens as f64 / s.seconds
         )
-    })?;
+    })
+    .with_context(|| format!("rank {}", group.rank))?;
+    if !main {
+        return Ok(());
+    }
     print_ours(&ours);
 
     let (mut peer_json, mut peer_la) = (None, (None, None));
@@ -258,6 +297,17 @@ fn print_ours(r: &BenchResult) {
         r.step_s_median, r.step_s_mean, r.step_s_min, r.steps, r.batch_size, r.seq_len
     );
     println!("throughput   {:.1} tokens/s (median; best {:.1})", r.tokens_per_s, r.tokens_per_s_best);
+    if let Some(g) = &r.ranks {
+        println!(
+            "ranks        {} ({:?}): {:.1} tokens/s in all, {:.1} per rank; gradient all-reduce {:.2} ms median ({:.1} MiB)",
+            g.ranks,
+            g.collectives,
+            g.tokens_per_s_all_ranks,
+            r.tokens_per_s,
+            1e3 * g.all_reduce_s_median,
+            g.all_reduce_bytes as f64 / (1u64 << 20) as f64
+        );
+    }
     println!("loss         first {:.4} (base model), last {:.4}", r.first_loss, r.last_loss);
     println!("memory       peak RSS {} (training only: {})", fmt_mib(r.peak_rss_mib), fmt_mib(r.train_peak_rss_mib));
     if let Some(m) = &r.peak_device {

@@ -65,6 +65,19 @@ pub struct BenchOptions {
     pub quantize: Option<Quantize>,
 }
 
+/// Data-parallel figures of a benchmark run by several ranks (`bench --gpus N`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RanksResult {
+    pub ranks: usize,
+    pub collectives: crate::distributed::Backend,
+    /// The group's tokens per second: each rank's batch over the median step.
+    pub tokens_per_s_all_ranks: f64,
+    /// Median time of the gradient all-reduce, inside the step time.
+    pub all_reduce_s_median: f64,
+    /// Bytes each rank contributes to the all-reduce (f32 gradients).
+    pub all_reduce_bytes: usize,
+}
+
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
@@ -175,6 +188,9 @@ pub struct BenchResult {
     /// (`seconds` and `calls` per step). Profiled steps synchronize the device around every
     /// region, so they run slower than the throughput above says.
     pub profile: Option<Vec<RegionTime>>,
+    /// With several ranks (or a group of one through NCCL): the all-reduce and the
+    /// group's throughput; `tokens_per_s` above stays per rank.
+    pub ranks: Option<RanksResult>,
 }
 
 /// CPU time counters in clock ticks (USER_HZ, 100 on Linux): the whole machine's busy
@@ -282,7 +298,10 @@ pub fn loadavg() -> Option<[f64; 3]> {
 }
 
 /// Runs the benchmark; `progress` sees every step as it ends.
-pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result<BenchResult> {
+/// Runs the benchmark on this rank of `group` (`ProcessGroup::single()` alone): each rank
+/// trains its own windows and the LoRA gradients are summed over ranks before the update,
+/// as `train` does.
+pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut progress: impl FnMut(&StepReport)) -> Result<BenchResult> {
     anyhow::ensure!(opts.seq_len >= 2, "seq_len must be at least 2");
     anyhow::ensure!(opts.batch_size >= 1 && opts.steps >= 1, "batch_size and steps must be at least 1");
     anyhow::ensure!(!opts.targets.is_empty(), "no LoRA target modules");
@@ -313,7 +332,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
             }
             opts.device.synchronize()?;
             let load_s = t0.elapsed().as_secs_f64();
-            let n = s * b * (opts.warmup + opts.steps);
+            let n = s * b * (opts.warmup + opts.steps) * group.world_size;
             let mut ids = ChaCha8Rng::seed_from_u64(SEED);
             let stream: Vec<u32> = (0..n).map(|_| ids.gen_range(0..cfg.vocab_size as u32)).collect();
             (model, stream, 0, 0, format!("preset {name} (random weights)"), load_s)
@@ -346,21 +365,36 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let reset = reset_peak_rss();
     crate::gpu::reset_peak_memory(&opts.device)?;
     let loadavg_start = loadavg();
-    let (mut losses, mut times) = (Vec::new(), Vec::new());
+    let (mut losses, mut times, mut reduce_times) = (Vec::new(), Vec::new(), Vec::new());
+    let grouped = group.backend != crate::distributed::Backend::Single;
     let mut cpu_start = None;
     let profiler = opts.profile.then(|| Profiler::new(&opts.device));
     for step in 0..opts.warmup + opts.steps {
         if step == opts.warmup {
             cpu_start = CpuTimes::now().map(|c| (c, Instant::now()));
         }
-        let rows: Vec<Vec<&EncodedExample>> = step_windows(step, b, examples.len()).into_iter().map(|i| vec![&examples[i]]).collect();
+        // Rank r of N trains the windows of "step" step * N + r: each rank its own data.
+        let rows: Vec<Vec<&EncodedExample>> =
+            step_windows(step * group.world_size + group.rank, b, examples.len()).into_iter().map(|i| vec![&examples[i]]).collect();
         // Only timed steps are profiled, so the profile describes the same steps.
         let prof = profiler.as_ref().filter(|_| step >= opts.warmup);
         let t = Instant::now();
         let batch = timed(prof, "batch upload", || TrainBatch::new(&rows, pad, &opts.device))?;
         let mut grads = timed(prof, "lora grad accumulate", || LoraGrads::zeros(&lora))?;
         let st = step::forward_backward(&model, &lora, &batch, 1.0 / batch.num_targets as f64, StepOptions { profiler: prof, ..step_opts }, &mut rng, &mut grads)?;
-        let params = timed(prof, "optimizer (AdamW)", || opt.update(&lora.tensors(), &grads.tensors(), opts.lr))?;
+        let g = if grouped {
+            opts.device.synchronize()?;
+            let t_reduce = Instant::now();
+            let g = group.sum_tensors(&grads.tensors())?;
+            opts.device.synchronize()?;
+            if step >= opts.warmup {
+                reduce_times.push(t_reduce.elapsed().as_secs_f64());
+            }
+            g
+        } else {
+            grads.tensors()
+        };
+        let params = timed(prof, "optimizer (AdamW)", || opt.update(&lora.tensors(), &g, opts.lr))?;
         lora.set_tensors(params.into_iter());
         opts.device.synchronize()?;
         let dt = t.elapsed().as_secs_f64();
@@ -388,6 +422,13 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
     let step_s_median = median(&times);
     let step_s_min = times.iter().copied().fold(f64::INFINITY, f64::min);
     let tokens = (b * s) as f64;
+    let ranks = grouped.then(|| RanksResult {
+        ranks: group.world_size,
+        collectives: group.backend,
+        tokens_per_s_all_ranks: tokens * group.world_size as f64 / step_s_median,
+        all_reduce_s_median: median(&reduce_times),
+        all_reduce_bytes: 4 * lora.num_parameters(),
+    });
     let achieved_tflops = flops * tokens / step_s_median / 1e12;
     Ok(BenchResult {
         tool: "loratune",
@@ -439,6 +480,7 @@ pub fn run(opts: &BenchOptions, mut progress: impl FnMut(&StepReport)) -> Result
         profile: profiler.map(|p| {
             p.report().into_iter().map(|r| RegionTime { seconds: r.seconds / opts.steps as f64, calls: r.calls / opts.steps, ..r }).collect()
         }),
+        ranks,
     })
 }
 
