@@ -34,10 +34,20 @@ if [ ! -x "$cuda/bin/nvcc" ] || [ ! -e "$cuda/lib64/libcuda.so" ]; then
   ln -sfn libcuda.so "$cuda/lib64/libcuda.so.1"
 fi
 
+# NCCL for data-parallel training (feature nccl): linked against PyPI's library; at run
+# time the GPU machine's own libnccl.so.2 (PyTorch's) is used (scripts/gpu/lib.sh).
+if [ ! -e "$cuda/lib64/libnccl.so" ]; then
+  python3 -m pip install --quiet --no-deps --target "$tk/nccl" nvidia-nccl-cu13==2.28.9
+  for lib in "$tk"/nccl/nvidia/nccl/lib/libnccl.so*; do
+    ln -sfn "$lib" "$cuda/lib64/$(basename "$lib")"
+  done
+  ln -sfn "$cuda/lib64/libnccl.so.2" "$cuda/lib64/libnccl.so"
+fi
+
 export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_ROOT_DIR="$cuda"
 export PATH="$cuda/bin:$PATH" LD_LIBRARY_PATH="$cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
-cargo build --release --locked --features cuda --target-dir target/cuda --bin loratune
+cargo build --release --locked --features cuda,nccl --target-dir target/cuda --bin loratune
 mkdir -p dist/cuda
 cp target/cuda/release/loratune dist/cuda/loratune
 strip dist/cuda/loratune
@@ -45,7 +55,7 @@ strip dist/cuda/loratune
 mkdir -p dist/gpu
 xz -T0 -6 -c dist/cuda/loratune > dist/gpu/loratune.xz
 # The GPU tests (tests/cuda_kernels.rs) as one executable, built on the same dependencies.
-test_bin=$(cargo test --release --locked --features cuda --target-dir target/cuda --test cuda_kernels --no-run \
+test_bin=$(cargo test --release --locked --features cuda,nccl --target-dir target/cuda --test cuda_kernels --no-run \
   --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:

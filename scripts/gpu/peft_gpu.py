@@ -14,9 +14,12 @@ Job (keep in step with src/train/bench.rs):
   * timing: --warmup (2) untimed steps, then --steps (10) timed, each between torch.cuda.synchronize()
     calls; tokens_per_s = batch * seq_len / median step time.
   * memory: torch.cuda.max_memory_allocated / max_memory_reserved over the whole run (load included).
+  * data parallel: started by torchrun (WORLD_SIZE set), each rank builds the model on
+    cuda:LOCAL_RANK, wraps it in DistributedDataParallel (NCCL) and draws its own ids (seed
+    0 + rank); tokens_per_s stays per GPU and tokens_per_s_all_ranks is the group's. Rank 0 prints.
 Output: the last stdout line is one JSON object.
 """
-import argparse, json, statistics, time
+import argparse, json, os, statistics, time
 
 import torch
 import transformers
@@ -42,6 +45,12 @@ ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
 ap.add_argument("--gradient-checkpointing", action="store_true")
 args = ap.parse_args()
 
+world = int(os.environ.get("WORLD_SIZE", "1"))
+rank = int(os.environ.get("RANK", "0"))
+if world > 1:
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl")
 torch.manual_seed(0)
 t = time.perf_counter()
 config = LlamaConfig(**PRESETS[args.preset])
@@ -55,11 +64,14 @@ model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=args.alpha, lora_d
                                          task_type="CAUSAL_LM", target_modules=args.targets.split(",")))
 model.train()
 params = [p for p in model.parameters() if p.requires_grad]
+attn = model.get_base_model().config._attn_implementation
+if world > 1:
+    model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
 opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 torch.cuda.synchronize()
 load_s = time.perf_counter() - t
 
-gen = torch.Generator(device="cuda").manual_seed(0)
+gen = torch.Generator(device="cuda").manual_seed(rank)
 S, B = args.seq_len, args.batch_size
 times, losses = [], []
 for s in range(args.warmup + args.steps):
@@ -75,17 +87,24 @@ for s in range(args.warmup + args.steps):
     losses.append(float(loss))
     if s >= args.warmup:
         times.append(dt)
-    print(f"  peft step {s:3d}{'' if s >= args.warmup else ' (warmup)'}  loss {losses[-1]:.4f}  {dt:.3f} s  {B * S / dt:.0f} tokens/s", flush=True)
+    if rank == 0:
+        print(f"  peft step {s:3d}{'' if s >= args.warmup else ' (warmup)'}  loss {losses[-1]:.4f}  {dt:.3f} s  {B * S / dt:.0f} tokens/s", flush=True)
 
 med = statistics.median(times)
+if rank != 0:
+    torch.distributed.destroy_process_group()
+    raise SystemExit(0)
 print(json.dumps({
+    "world_size": world, "tokens_per_s_all_ranks": world * B * S / med,
     "peer": "peft", "preset": args.preset, "seq_len": S, "batch_size": B, "r": args.r, "alpha": args.alpha,
     "targets": args.targets.split(","), "gradient_checkpointing": args.gradient_checkpointing,
     "tokens_per_s": B * S / med, "step_s_median": med, "step_s_min": min(times), "step_s": times, "losses": losses,
     "max_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
     "max_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-    "attn_implementation": model.get_base_model().config._attn_implementation, "load_s": load_s,
+    "attn_implementation": attn, "load_s": load_s,
     "lora_parameters": sum(p.numel() for p in params),
     "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
     "gpu": torch.cuda.get_device_name(0),
 }))
+if world > 1:
+    torch.distributed.destroy_process_group()
