@@ -160,7 +160,11 @@ impl InplaceOp1 for SoftmaxCrossEntropyGrad {
         if let Some(&bad) = self.labels.iter().find(|&&l| l as usize >= v) {
             candle_core::bail!("{}: label {bad} is outside the vocabulary of {v}", self.name());
         }
-        let total: f64 = data[start..end].par_chunks_mut(v).zip(&self.labels).map(|(row, &l)| self.row(row, l as usize)).sum();
+        // Rows in parallel, their losses added in row order: rayon's parallel sum would
+        // associate them as its work-stealing happened to split, changing the last bits of
+        // the logged loss from run to run.
+        let rows: Vec<f64> = data[start..end].par_chunks_mut(v).zip(&self.labels).map(|(row, &l)| self.row(row, l as usize)).collect();
+        let total: f64 = rows.iter().sum();
         *self.nll_sum.lock().expect("not poisoned") += total;
         Ok(())
     }
