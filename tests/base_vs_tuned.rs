@@ -19,9 +19,7 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-fn chat(user: &str, assistant: &str) -> String {
-    format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{user}\"}}, {{\"role\": \"assistant\", \"content\": \"{assistant}\"}}]}}\n")
-}
+use common::chat_line as chat;
 
 const WORDS: [&str; 12] = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "kayak", "lemon", "maple"];
 
@@ -103,9 +101,9 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let model = d.join("echo-base");
 
-    common::write(&d.join("task.jsonl"), &(0..48).map(|i| chat(&format!("Shout {}", word(i)), &format!("{}!", word(i).to_uppercase()))).collect::<String>());
+    common::write(&d.join("task.jsonl"), &(0..48).map(|i| common::shout_line(&word(i))).collect::<String>());
     common::write(&d.join("general.jsonl"), &(0..40).map(|i| chat(&format!("Say {}", word(i + 3)), &word(i + 3))).collect::<String>());
-    common::write(&d.join("eval.jsonl"), &(48..54).map(|i| chat(&format!("Shout {}", word(i)), &format!("{}!", word(i).to_uppercase()))).collect::<String>());
+    common::write(&d.join("eval.jsonl"), &(48..54).map(|i| common::shout_line(&word(i))).collect::<String>());
     common::write(&d.join("regression.jsonl"), &(100..110).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>());
     let data = "train = [\"task.jsonl\", \"general.jsonl\"]\nweights = [0.8, 0.2]\neval = \"eval.jsonl\"";
     let extra = "regression = \"regression.jsonl\"\nregression_threshold = 0.0\ngenerate_examples = 3\nmax_new_tokens = 12";

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -28,7 +28,7 @@ fn setup(d: &Path) {
     let words = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon", "maple", "north", "olive", "pearl"];
     let line = |i: usize| {
         let w = format!("{}{}", words[i % 16], words[(i * 5 + 1) % 16]);
-        format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Shout {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{}!\"}}]}}\n", w.to_uppercase())
+        common::shout_line(&w)
     };
     common::write(&d.join("train.jsonl"), &(0..48).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(48..58).map(line).collect::<String>());
@@ -72,14 +72,21 @@ threads = 1
     );
 }
 
-fn loratune(d: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+/// Starts loratune in `d` with `env` added, its output captured.
+fn spawn(d: &Path, args: &[&str], env: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_loratune"))
         .args(args)
         .current_dir(d)
         .env("HF_HUB_OFFLINE", "1")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("run loratune")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loratune")
+}
+
+fn loratune(d: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
+    spawn(d, args, env).wait_with_output().expect("run loratune")
 }
 
 fn ok(o: &Output) {
@@ -175,15 +182,8 @@ fn two_machines_meet_through_master_addr_and_port() {
     // Two launchers of one rank each, as on two machines, meeting at rank 0's port.
     let port = free_port().to_string();
     let node = |rank: &str| {
-        Command::new(env!("CARGO_BIN_EXE_loratune"))
-            .args(["train", "run.toml", "--gpus", "1", "--set", "output.dir=\"nodes\""])
-            .current_dir(d)
-            .env("HF_HUB_OFFLINE", "1")
-            .envs([("NNODES", "2"), ("NODE_RANK", rank), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", port.as_str())])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        let env = [("NNODES", "2".to_string()), ("NODE_RANK", rank.to_string()), ("MASTER_ADDR", "127.0.0.1".to_string()), ("MASTER_PORT", port.clone())];
+        spawn(d, &["train", "run.toml", "--gpus", "1", "--set", "output.dir=\"nodes\""], &env)
     };
     let (n1, n0) = (node("1"), node("0"));
     let (o0, o1) = (n0.wait_with_output().unwrap(), n1.wait_with_output().unwrap());
@@ -229,14 +229,7 @@ fn ctrl_c_reaches_every_rank_once_and_the_run_resumes_to_the_same_adapter() {
 
     let mut args = vec!["train", "run.toml", "--gpus", "2"];
     args.extend(long);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loratune"))
-        .args(&args)
-        .current_dir(d)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(d, &args, &[]);
     let start = std::time::Instant::now();
     while !d.join("run/run.json").exists() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before its manifest appeared");

@@ -26,7 +26,7 @@ fn trained_run(d: &Path) -> PathBuf {
     let word = |i: usize| format!("{}{}", words[i % 8], words[i / 8 % 8]);
     let line = |i: usize| {
         let w = word(i);
-        format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Shout {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{}!\"}}]}}\n", w.to_uppercase())
+        common::shout_line(&w)
     };
     common::write(&d.join("train.jsonl"), &(0..32).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(32..38).map(line).collect::<String>());

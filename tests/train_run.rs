@@ -32,7 +32,7 @@ fn setup(d: &Path, steps: usize, extra: &str) -> PathBuf {
     let words = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon", "maple", "north", "olive", "pearl"];
     let line = |i: usize| {
         let w = format!("{}{}", words[i % 16], words[(i * 7 + 3) % 16]);
-        format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Shout {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{}!\"}}]}}\n", w.to_uppercase())
+        common::shout_line(&w)
     };
     common::write(&d.join("train.jsonl"), &(0..48).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(48..56).map(line).collect::<String>());

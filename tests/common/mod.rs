@@ -55,3 +55,13 @@ pub fn init_tiny(dir: &Path, preset: &str, extra: &[&str]) -> PathBuf {
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
+
+/// A user turn and the assistant's answer as one JSONL line (no escaping: plain words only).
+pub fn chat_line(user: &str, assistant: &str) -> String {
+    format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{user}\"}}, {{\"role\": \"assistant\", \"content\": \"{assistant}\"}}]}}\n")
+}
+
+/// The tests' small task: "Shout amber" is answered "AMBER!".
+pub fn shout_line(word: &str) -> String {
+    chat_line(&format!("Shout {word}"), &format!("{}!", word.to_uppercase()))
+}
