@@ -253,3 +253,52 @@ fn ctrl_c_reaches_every_rank_once_and_the_run_resumes_to_the_same_adapter() {
         assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: interrupted and resumed 2-rank run differs");
     }
 }
+
+/// The pids of `parent`'s children (Linux: /proc/PID/task/*/children).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{parent}/task")).unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_rank_killed_mid_run_stops_the_group_and_the_last_checkpoint_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let long = ["--set", "train.max_steps=80", "--set", "train.lr_scheduler=\"constant\""];
+    let mut args = vec!["train", "run.toml", "--gpus", "2", "--set", "output.dir=\"whole\""];
+    args.extend(long);
+    ok(&loratune(d, &args, &[]));
+
+    let mut args = vec!["train", "run.toml", "--gpus", "2"];
+    args.extend(long);
+    let mut launcher = spawn(d, &args, &[]);
+    let start = std::time::Instant::now();
+    while !d.join("run/checkpoints/step-4/trainer_state.json").exists() {
+        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before its step-4 checkpoint");
+        assert!(start.elapsed().as_secs() < 120, "no step-4 checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SIGKILL rank 1, as the OOM killer or a dead GPU would end it.
+    let rank1 = children_of(launcher.id())
+        .into_iter()
+        .find(|pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == b"RANK=1")))
+        .expect("rank 1 among the launcher's children");
+    assert!(Command::new("kill").args(["-KILL", &rank1.to_string()]).status().unwrap().success());
+    let out = launcher.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the launcher must fail when a rank dies: {err}");
+    assert!(err.contains("rank 1 failed") || err.contains("rank 1 closed its connection"), "{err}");
+
+    // Rank 0 went down with it; its newest complete checkpoint takes the run to the end.
+    ok(&loratune(d, &["train", "--resume", "run", "--gpus", "2"], &[]));
+    let (a, b) = (adapter(&d.join("whole")), adapter(&d.join("run")));
+    for (k, t) in &a {
+        assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: the resumed run differs from the uninterrupted one");
+    }
+}
