@@ -8,7 +8,8 @@
 #      GPU with N times the accumulation (the same global batch): every loss side by side;
 #   2. scaling: `bench --preset llama2-7b --seq 1024 --batch 4` on 1 GPU and with --gpus N;
 #      efficiency = tokens/s per GPU at N / tokens/s at 1 (targets: >= 0.90 at 2, >= 0.85 at 4);
-#   3. the peer: transformers + PEFT, alone and under torchrun with DDP, same job.
+#   3. the peer: transformers + PEFT, alone and under torchrun with DDP, same job (also
+#      with N = 1, where it checks the peer's DDP path).
 # Always (so one GPU checks what it can):
 #   4. a group of one through NCCL (RANK=0 WORLD_SIZE=1) against a plain run: identical;
 #   5. two ranks on GPU 0 through the host collectives (LORATUNE_COLLECTIVES=host) against
@@ -48,25 +49,25 @@ bench() { # tag, extra args...
   grep -E "^(throughput|ranks|device mem)" "$out/bench-$tag.log" | sed "s/^/$tag: /"
 }
 
-if [ "$n" -ge 2 ]; then
-  if want 1; then
+if [ "$n" -ge 2 ] && want 1; then
     echo "== 1. correctness: --gpus $n vs one GPU with grad_accum $n"
     train one $lt train $cfg "${short[@]}" --set train.grad_accum="$n"
     train "n$n" $lt train $cfg "${short[@]}" --gpus "$n"
     python3 scripts/compare-runs.py "$out/metrics-one.jsonl" "$out/metrics-n$n.jsonl" | tail -n 8
-  fi
-  if want 2; then
+fi
+if [ "$n" -ge 2 ] && want 2; then
     echo "== 2. scaling, Llama-2-7B shape, seq 1024 x 4 per GPU"
     bench g1 $lt bench
     bench "g$n" $lt bench --gpus "$n"
-  fi
-  if want 3; then
-    echo "== 3. PEFT, same job"
-    timeout 300 python3 scripts/gpu/peft_gpu.py --seq-len 1024 --batch-size 4 > "$out/peft-g1.log" 2>&1
-    tail -n 1 "$out/peft-g1.log" > "$out/peft-g1.json"
-    timeout 300 torchrun --standalone --nproc-per-node "$n" scripts/gpu/peft_gpu.py --seq-len 1024 --batch-size 4 > "$out/peft-g$n.log" 2>&1
-    grep '^{' "$out/peft-g$n.log" | tail -n 1 > "$out/peft-g$n.json"
-  fi
+fi
+if want 3; then
+  # With N = 1 this checks the DDP path of the peer script on one GPU.
+  echo "== 3. PEFT, same job, alone and with DDP on $n GPU(s)"
+  timeout 300 python3 scripts/gpu/peft_gpu.py --seq-len 1024 --batch-size 4 > "$out/peft-g1.log" 2>&1
+  tail -n 1 "$out/peft-g1.log" > "$out/peft-g1.json"
+  timeout 300 torchrun --standalone --nproc-per-node "$n" scripts/gpu/peft_gpu.py --seq-len 1024 --batch-size 4 > "$out/peft-ddp$n.log" 2>&1 \
+    || echo "torchrun failed: $(tail -n 5 "$out/peft-ddp$n.log")"
+  grep '^{' "$out/peft-ddp$n.log" | tail -n 1 > "$out/peft-ddp$n.json"
 fi
 if want 4; then
   echo "== 4. a group of one through NCCL vs a plain run"
@@ -112,20 +113,21 @@ def ours(tag):
 print("\nLlama-2-7B shape, seq 1024 x 4 per GPU, r16 q/k/v/o, bf16 (tokens/s per GPU)")
 one, plain, nccl1 = ours("g1"), ours("plain"), ours("nccl1")
 base = one or plain
-p1, pn = load("peft-g1"), load(f"peft-g{n}")
+p1, pn = load("peft-g1"), load(f"peft-ddp{n}")
 if base:
     print(f"  loratune 1 GPU: {base['tokens_per_s']:.0f}" + (f"   PEFT 1 GPU: {p1['tokens_per_s']:.0f} (ratio {base['tokens_per_s'] / p1['tokens_per_s']:.2f})" if p1 else ""))
 if nccl1:
     r = nccl1["ranks"]
     print(f"  loratune group of one through NCCL: {nccl1['tokens_per_s']:.0f} ({nccl1['tokens_per_s'] / base['tokens_per_s']:.3f} of plain); "
           f"all-reduce path {1e3 * r['all_reduce_s_median']:.2f} ms of a {1e3 * nccl1['step_s_median']:.0f} ms step ({r['all_reduce_bytes'] / 2**20:.0f} MiB)")
-many = ours(f"g{n}")
+if pn and p1:
+    print(f"  PEFT + DDP on {pn['world_size']} GPU(s): {pn['tokens_per_s']:.0f} per GPU ({pn['tokens_per_s'] / p1['tokens_per_s']:.3f} of PEFT alone)")
+many = ours(f"g{n}") if n > 1 else None
 if many and base:
     r = many["ranks"]
     eff = many["tokens_per_s"] / base["tokens_per_s"]
     print(f"  loratune {n} GPUs: {many['tokens_per_s']:.0f} per GPU, {r['tokens_per_s_all_ranks']:.0f} in all; scaling efficiency {eff:.3f}; "
           f"all-reduce {1e3 * r['all_reduce_s_median']:.2f} ms of a {1e3 * many['step_s_median']:.0f} ms step")
-    if pn and p1:
-        peff = pn["tokens_per_s"] / p1["tokens_per_s"]
-        print(f"  PEFT + DDP {n} GPUs: {pn['tokens_per_s']:.0f} per GPU (efficiency {peff:.3f}); loratune / PEFT at {n} GPUs: {many['tokens_per_s'] / pn['tokens_per_s']:.2f}")
+    if pn:
+        print(f"  loratune / PEFT + DDP at {n} GPUs, per GPU: {many['tokens_per_s'] / pn['tokens_per_s']:.2f}")
 PY

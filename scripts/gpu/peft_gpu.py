@@ -45,9 +45,11 @@ ap.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj")
 ap.add_argument("--gradient-checkpointing", action="store_true")
 args = ap.parse_args()
 
+# Under torchrun (even with one process): DDP over NCCL.
+distributed = "WORLD_SIZE" in os.environ
 world = int(os.environ.get("WORLD_SIZE", "1"))
 rank = int(os.environ.get("RANK", "0"))
-if world > 1:
+if distributed:
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch.distributed.init_process_group("nccl")
@@ -65,7 +67,7 @@ model = get_peft_model(model, LoraConfig(r=args.r, lora_alpha=args.alpha, lora_d
 model.train()
 params = [p for p in model.parameters() if p.requires_grad]
 attn = model.get_base_model().config._attn_implementation
-if world > 1:
+if distributed:
     model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
 opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 torch.cuda.synchronize()
@@ -95,7 +97,7 @@ if rank != 0:
     torch.distributed.destroy_process_group()
     raise SystemExit(0)
 print(json.dumps({
-    "world_size": world, "tokens_per_s_all_ranks": world * B * S / med,
+    "ddp": distributed, "world_size": world, "tokens_per_s_all_ranks": world * B * S / med,
     "peer": "peft", "preset": args.preset, "seq_len": S, "batch_size": B, "r": args.r, "alpha": args.alpha,
     "targets": args.targets.split(","), "gradient_checkpointing": args.gradient_checkpointing,
     "tokens_per_s": B * S / med, "step_s_median": med, "step_s_min": min(times), "step_s": times, "losses": losses,
@@ -106,5 +108,5 @@ print(json.dumps({
     "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
     "gpu": torch.cuda.get_device_name(0),
 }))
-if world > 1:
+if distributed:
     torch.distributed.destroy_process_group()
