@@ -302,3 +302,28 @@ fn a_rank_killed_mid_run_stops_the_group_and_the_last_checkpoint_resumes() {
         assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: the resumed run differs from the uninterrupted one");
     }
 }
+
+#[test]
+fn a_launcher_killed_outright_takes_its_ranks_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let mut launcher = spawn(d, &["train", "run.toml", "--gpus", "2", "--set", "train.max_steps=100000", "--set", "eval.every=0", "--set", "output.checkpoint_every=0"], &[]);
+    let start = std::time::Instant::now();
+    while !d.join("run/run.json").exists() {
+        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before its manifest appeared");
+        assert!(start.elapsed().as_secs() < 120, "no manifest");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let ranks = children_of(launcher.id());
+    assert_eq!(ranks.len(), 2, "two ranks under the launcher");
+    launcher.kill().unwrap(); // SIGKILL: no chance to pass anything on
+    launcher.wait().unwrap();
+    // A process that is gone, or a zombie waiting for a reaper, no longer runs.
+    let running = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    let start = std::time::Instant::now();
+    while ranks.iter().any(running) {
+        assert!(start.elapsed().as_secs() < 20, "ranks {ranks:?} still run after their launcher was killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

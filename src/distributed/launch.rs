@@ -7,7 +7,7 @@
 //! The launcher owns its processes: Ctrl-C reaches them once, through it (they run in a
 //! process group of their own, away from the terminal's signal); a rank that fails takes
 //! the others down, since they would wait for it forever; exit 130 (interrupted, after
-//! its checkpoint) is not a failure.
+//! its checkpoint) is not a failure; a launcher killed outright takes its ranks with it.
 
 use anyhow::{Context, Result};
 use std::ffi::OsString;
@@ -75,6 +75,15 @@ pub fn launch(per_node: usize, node: &NodeEnv, args: &[OsString], cpu_threads: O
     for local in 0..per_node {
         let mut cmd = Command::new(&exe);
         cmd.args(args).envs(rank_vars(local, per_node, node, &addr, port)).process_group(0);
+        // SAFETY: prctl is async-signal-safe, as pre_exec requires. A launcher that is
+        // killed outright (SIGKILL, SIGTERM) takes its ranks with it instead of leaving
+        // them running in their own process group.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         if let Some(t) = cpu_threads {
             cmd.env("RAYON_NUM_THREADS", t.to_string());
         }

@@ -528,12 +528,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             }
             // Gradients, loss, tokens and the stop flag summed over ranks: every rank takes
             // the same optimizer step and stops at the same one.
-            let g = group.sum_tensors(&grads.tensors())?;
+            let mut g = group.sum_tensors(&grads.tensors())?;
             let mut shared = [nll, tokens as f64, f64::from(u8::from(opts.interrupt.load(Ordering::SeqCst)))];
             group.sum_f64(&mut shared)?;
             let (nll, tokens, interrupted) = (shared[0], shared[1] as usize, shared[2] > 0.0);
             let loss = nll / step_targets as f64;
-            let mut g = g;
             let grad_norm = optimizer::clip_by_global_norm(&mut g, cfg.train.max_grad_norm)?;
             if !loss.is_finite() || !grad_norm.is_finite() {
                 let last = checkpoint::list(&run_dir).pop().map(|(s, d)| format!("; the last good checkpoint is {} (step {s})", d.display())).unwrap_or_default();
