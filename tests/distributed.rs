@@ -85,6 +85,16 @@ fn spawn(d: &Path, args: &[&str], env: &[(&str, String)]) -> Child {
         .expect("start loratune")
 }
 
+/// Waits until `path` exists while `child` runs (it must not end first).
+fn wait_for(path: &Path, child: &mut Child) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before {} appeared", path.display());
+        assert!(start.elapsed().as_secs() < 120, "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 fn loratune(d: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
     spawn(d, args, env).wait_with_output().expect("run loratune")
 }
@@ -230,12 +240,7 @@ fn ctrl_c_reaches_every_rank_once_and_the_run_resumes_to_the_same_adapter() {
     let mut args = vec!["train", "run.toml", "--gpus", "2"];
     args.extend(long);
     let mut child = spawn(d, &args, &[]);
-    let start = std::time::Instant::now();
-    while !d.join("run/run.json").exists() {
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before its manifest appeared");
-        assert!(start.elapsed().as_secs() < 120, "no manifest");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for(&d.join("run/run.json"), &mut child);
     // SIGINT to the launcher alone, as a terminal's Ctrl-C would (its ranks have their own
     // process group): it passes the signal on once; the ranks agree on the step to stop at.
     assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
@@ -278,12 +283,7 @@ fn a_rank_killed_mid_run_stops_the_group_and_the_last_checkpoint_resumes() {
     let mut args = vec!["train", "run.toml", "--gpus", "2"];
     args.extend(long);
     let mut launcher = spawn(d, &args, &[]);
-    let start = std::time::Instant::now();
-    while !d.join("run/checkpoints/step-4/trainer_state.json").exists() {
-        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before its step-4 checkpoint");
-        assert!(start.elapsed().as_secs() < 120, "no step-4 checkpoint");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for(&d.join("run/checkpoints/step-4/trainer_state.json"), &mut launcher);
     // SIGKILL rank 1, as the OOM killer or a dead GPU would end it.
     let rank1 = children_of(launcher.id())
         .into_iter()
@@ -309,12 +309,7 @@ fn a_launcher_killed_outright_takes_its_ranks_with_it() {
     let d = dir.path();
     setup(d);
     let mut launcher = spawn(d, &["train", "run.toml", "--gpus", "2", "--set", "train.max_steps=100000", "--set", "eval.every=0", "--set", "output.checkpoint_every=0"], &[]);
-    let start = std::time::Instant::now();
-    while !d.join("run/run.json").exists() {
-        assert!(launcher.try_wait().unwrap().is_none(), "the run ended before its manifest appeared");
-        assert!(start.elapsed().as_secs() < 120, "no manifest");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    wait_for(&d.join("run/run.json"), &mut launcher);
     let ranks = children_of(launcher.id());
     assert_eq!(ranks.len(), 2, "two ranks under the launcher");
     launcher.kill().unwrap(); // SIGKILL: no chance to pass anything on
