@@ -21,7 +21,7 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// The tiny model and 48 + 8 "shout the word" conversations; micro-batches of 4 with
+/// The tiny model and 48 + 10 "shout the word" conversations; micro-batches of 4 with
 /// dropout on, so that each micro-batch's dropout masks must follow it to its rank.
 fn setup(d: &Path) {
     let model = common::init_tiny(d, "tiny", &[]);
@@ -113,6 +113,15 @@ fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     diff / scale
 }
 
+/// The adapters in two run folders are equal bit for bit.
+fn assert_same_adapter(a: &Path, b: &Path, what: &str) {
+    let (a, b) = (adapter(a), adapter(b));
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (k, t) in &a {
+        assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: {what}");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -176,10 +185,7 @@ fn a_resume_continues_exactly_with_the_same_ranks_and_refuses_others() {
     assert!(err.contains("trained with 2 rank(s) and is resumed with 1") && err.contains("--gpus 2"), "{err}");
 
     ok(&loratune(d, &["train", "--resume", "part", "--set", "train.max_steps=8", "--gpus", "2"], &[]));
-    let (a, b) = (adapter(&d.join("whole")), adapter(&d.join("part")));
-    for (k, t) in &a {
-        assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: resumed 2-rank run differs from the uninterrupted one");
-    }
+    assert_same_adapter(&d.join("whole"), &d.join("part"), "resumed 2-rank run differs from the uninterrupted one");
 }
 
 #[test]
@@ -201,10 +207,7 @@ fn two_machines_meet_through_master_addr_and_port() {
     ok(&o1);
     assert!(common::stderr(&o1).contains("(node 1 of 2)"), "{}", common::stderr(&o1));
     // Same ranks, same sums: the same bits as the one-machine run.
-    let (a, b) = (adapter(&d.join("local")), adapter(&d.join("nodes")));
-    for (k, t) in &a {
-        assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}");
-    }
+    assert_same_adapter(&d.join("local"), &d.join("nodes"), "two one-rank machines differ from one two-rank machine");
 }
 
 #[test]
@@ -253,10 +256,7 @@ fn ctrl_c_reaches_every_rank_once_and_the_run_resumes_to_the_same_adapter() {
     assert!(d.join(format!("run/checkpoints/step-{stopped_at}/trainer_state.json")).is_file());
 
     ok(&loratune(d, &["train", "--resume", "run", "--gpus", "2"], &[]));
-    let (a, b) = (adapter(&d.join("whole")), adapter(&d.join("run")));
-    for (k, t) in &a {
-        assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: interrupted and resumed 2-rank run differs");
-    }
+    assert_same_adapter(&d.join("whole"), &d.join("run"), "interrupted and resumed 2-rank run differs");
 }
 
 /// The pids of `parent`'s children (Linux: /proc/PID/task/*/children).
@@ -297,10 +297,7 @@ fn a_rank_killed_mid_run_stops_the_group_and_the_last_checkpoint_resumes() {
 
     // Rank 0 went down with it; its newest complete checkpoint takes the run to the end.
     ok(&loratune(d, &["train", "--resume", "run", "--gpus", "2"], &[]));
-    let (a, b) = (adapter(&d.join("whole")), adapter(&d.join("run")));
-    for (k, t) in &a {
-        assert_eq!(max_rel_diff(t, &b[k]), 0.0, "{k}: the resumed run differs from the uninterrupted one");
-    }
+    assert_same_adapter(&d.join("whole"), &d.join("run"), "the resumed run differs from the uninterrupted one");
 }
 
 #[test]
