@@ -134,31 +134,7 @@ fn repo_path(p: &str) -> PathBuf {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let rank_env = crate::distributed::RankEnv::from_env()?;
-    if rank_env.is_none() && a.gpus.unwrap_or(1) > 1 {
-        let n = a.gpus.unwrap_or(1);
-        let cpu = a.device == "cpu" || (a.device == "auto" && !candle_core::utils::cuda_is_available());
-        if !cpu {
-            let have = crate::gpu::device_count()?;
-            anyhow::ensure!(n <= have, "--gpus {n}: this machine has {have} GPU(s)");
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        let code = crate::distributed::launch::launch(n, &crate::distributed::NodeEnv::from_env()?, &args, cpu.then_some((cores / n).max(1)))?;
-        if code != 0 {
-            std::process::exit(code);
-        }
-        return Ok(());
-    }
-    let device_name = match &rank_env {
-        Some(env) => crate::distributed::rank_device(&a.device, env)?,
-        None => a.device.clone(),
-    };
-    let device = super::parse_device(&device_name)?;
-    let group = match &rank_env {
-        Some(env) => crate::distributed::ProcessGroup::join(env, &device)?,
-        None => crate::distributed::ProcessGroup::single(),
-    };
+    let (device, group) = super::ranks::device_and_group(a.gpus.unwrap_or(1), &a.device, None)?;
     let main = group.is_main();
     let dtype = a.dtype.as_deref().map(super::parse_dtype).transpose()?;
     let targets = parse_targets(&a.targets)?;

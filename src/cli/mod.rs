@@ -13,6 +13,7 @@ mod generate_cmd;
 mod init_model_cmd;
 mod merge_cmd;
 mod progress;
+mod ranks;
 mod report_cmd;
 mod train_cmd;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::TrainConfig;
-use crate::distributed::{self, launch, NodeEnv, ProcessGroup, RankEnv};
+use crate::distributed::launch;
 use crate::train::run::{self, RunOptions, RunStatus, CONFIG_FILE};
 
 #[derive(Args, Debug)]
@@ -49,40 +49,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (Some(path), None) => (TrainConfig::from_file(path, &a.overrides)?, path.display().to_string(), false),
         (None, None) => unreachable!("clap requires one"),
     };
-    let rank_env = RankEnv::from_env()?;
-    let gpus = a.gpus.or(config.device.gpus).unwrap_or(1);
-    if rank_env.is_none() {
-        let node = NodeEnv::from_env()?;
-        if gpus > 1 || node.nnodes > 1 {
-            // This process launches the ranks, each this same command, and waits.
-            let cpu = config.device.name == "cpu" || (config.device.name == "auto" && !candle_core::utils::cuda_is_available());
-            if !cpu {
-                let have = crate::gpu::device_count()?;
-                anyhow::ensure!(gpus <= have, "--gpus {gpus}: this machine has {have} GPU(s)");
-            }
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let threads = cpu.then(|| config.device.threads.unwrap_or((cores / gpus).max(1)));
-            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-            let code = launch::launch(gpus, &node, &args, threads)?;
-            if code != 0 {
-                std::process::exit(code);
-            }
-            return Ok(());
-        }
-    }
     if let Some(n) = config.device.threads {
         // Read by candle's CPU kernels and rayon's pool, which start later.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let device_name = match &rank_env {
-        Some(env) => distributed::rank_device(&config.device.name, env)?,
-        None => config.device.name.clone(),
-    };
-    let device = super::parse_device(&device_name).context("device.name")?;
-    let group = match &rank_env {
-        Some(env) => ProcessGroup::join(env, &device).with_context(|| format!("rank {} of {}: joining the group at {}:{}", env.rank, env.world_size, env.master_addr, env.master_port))?,
-        None => ProcessGroup::single(),
-    };
+    let gpus = a.gpus.or(config.device.gpus).unwrap_or(1);
+    let (device, group) = super::ranks::device_and_group(gpus, &config.device.name, config.device.threads)?;
     let rank = group.rank;
     let several = group.world_size > 1;
 

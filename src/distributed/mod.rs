@@ -13,7 +13,7 @@ pub mod launch;
 pub mod nccl;
 pub mod tcp;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::time::Duration;
 
@@ -209,14 +209,6 @@ pub fn shard_range(len: usize, rank: usize, world: usize) -> std::ops::Range<usi
     let (base, extra) = (len / world, len % world);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
-}
-
-/// Joins the group of the environment (RANK, WORLD_SIZE, ...) or stands alone.
-pub fn group_from_env(device: &Device) -> Result<ProcessGroup> {
-    match RankEnv::from_env()? {
-        Some(env) => ProcessGroup::join(&env, device).with_context(|| format!("rank {} of {}: joining the group at {}:{}", env.rank, env.world_size, env.master_addr, env.master_port)),
-        None => Ok(ProcessGroup::single()),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,40 @@
+//! `--gpus N` for the commands that train (`train`, `bench`): this process either starts
+//! the ranks and exits with their outcome, or is one rank (or the only process), which
+//! opens its device and joins its group.
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+
+use crate::distributed::{self, launch, NodeEnv, ProcessGroup, RankEnv};
+
+/// The device and group this process computes with. With `gpus` > 1 (or NNODES > 1) and
+/// no RANK in the environment, this process is the launcher instead: it starts the ranks,
+/// waits for them and exits with their outcome (it does not return). `cpu_threads`: the
+/// cores each CPU rank may use (default: the machine's cores shared out).
+pub(crate) fn device_and_group(gpus: usize, device_name: &str, cpu_threads: Option<usize>) -> Result<(Device, ProcessGroup)> {
+    let rank_env = RankEnv::from_env()?;
+    if rank_env.is_none() {
+        let node = NodeEnv::from_env()?;
+        if gpus > 1 || node.nnodes > 1 {
+            let cpu = device_name == "cpu" || (device_name == "auto" && !candle_core::utils::cuda_is_available());
+            if !cpu {
+                let have = crate::gpu::device_count()?;
+                anyhow::ensure!(gpus <= have, "--gpus {gpus}: this machine has {have} GPU(s)");
+            }
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = cpu.then(|| cpu_threads.unwrap_or((cores / gpus).max(1)));
+            let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+            std::process::exit(launch::launch(gpus, &node, &args, threads)?);
+        }
+    }
+    let name = match &rank_env {
+        Some(env) => distributed::rank_device(device_name, env)?,
+        None => device_name.to_string(),
+    };
+    let device = super::parse_device(&name)?;
+    let group = match &rank_env {
+        Some(env) => ProcessGroup::join(env, &device).with_context(|| format!("rank {} of {}: joining the group at {}:{}", env.rank, env.world_size, env.master_addr, env.master_port))?,
+        None => ProcessGroup::single(),
+    };
+    Ok((device, group))
+}
