@@ -65,7 +65,8 @@ pub fn launch(per_node: usize, node: &NodeEnv, args: &[OsString], cpu_threads: O
 
     let signals = Arc::new(AtomicUsize::new(0));
     let seen = signals.clone();
-    // Without a handler the launcher would die on Ctrl-C and leave its ranks running.
+    // Ctrl-C is passed on to the ranks, which checkpoint and stop together; without the
+    // handler the launcher would die and its ranks end with no checkpoint.
     ctrlc::set_handler(move || {
         seen.fetch_add(1, Ordering::SeqCst);
     })

@@ -83,9 +83,9 @@ impl ProcessGroup {
             Ok("nccl") | Ok("") | Err(_) => false,
             Ok(other) => anyhow::bail!("{COLLECTIVES_VAR}={other}: expected host or nccl"),
         };
-        let backend = if env.world_size == 1 && device.is_cpu() {
-            Backend::Single
-        } else if device.is_cuda() && !want_host {
+        // A group of one on a GPU still goes through NCCL where the build has it: the way
+        // to check that path on one GPU.
+        let backend = if device.is_cuda() && !want_host && (env.world_size > 1 || cfg!(feature = "nccl")) {
             if !cfg!(feature = "nccl") {
                 anyhow::bail!(
                     "several GPU processes need NCCL, and this loratune was built without it (rebuild with --features cuda,nccl), \
@@ -93,6 +93,8 @@ impl ProcessGroup {
                 );
             }
             Backend::Nccl
+        } else if env.world_size == 1 {
+            Backend::Single
         } else {
             Backend::Host
         };
