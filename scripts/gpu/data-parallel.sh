@@ -15,7 +15,8 @@
 #   5. two ranks on GPU 0 through the host collectives (LORATUNE_COLLECTIVES=host) against
 #      one process with twice the accumulation: the sharding and summing on CUDA tensors;
 #   6. the 7B bench alone and as a group of one through NCCL: the cost of the all-reduce path.
-# Usage: scripts/gpu/data-parallel.sh [N]      ONLY="1 2 3 4 5 6" picks parts.
+# Usage: scripts/gpu/data-parallel.sh [N]      ONLY="1 2 3 4 5 6" picks parts; MODEL=DIR
+# trains another model in parts 1, 4 and 5.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 # NVLink multicast stays off: on a shared host it can put every GPU out of service.
@@ -33,6 +34,8 @@ echo "GPUs used: $n; NCCL from ${nccl_lib:-the loader path}"
 
 cfg=configs/smollm2-135m-cpu.toml
 short=(--set device.name=cuda --set train.max_steps=20 --set eval.every=10 --set eval.generate_examples=0 --set output.checkpoint_every=10)
+# MODEL=DIR runs the train checks on another model (e.g. `loratune init-model --preset tiny`).
+[ -n "${MODEL:-}" ] && short+=(--set model.path="$MODEL")
 train() { # tag, extra args...
   local tag=$1; shift
   rm -rf "runs/dp-$tag"
