@@ -61,6 +61,64 @@ fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
 
+/// The axes of both plots: optimizer steps on x, floats on y.
+type StepChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordusize, plotters::coord::types::RangedCoordf64>>;
+
+/// What sets one plot apart from the other; the frame, grid and fonts are shared.
+struct Frame<'f> {
+    size: (u32, u32),
+    caption: &'f str,
+    caption_size: u32,
+    last_step: usize,
+    y: std::ops::Range<f64>,
+    y_desc: &'f str,
+    y_label: &'f dyn Fn(&f64) -> String,
+    y_labels: usize,
+    /// A box naming the labelled series, upper right.
+    legend: bool,
+}
+
+/// An SVG plot against the optimizer step: the frame, what `series` draws in it, the legend.
+fn step_plot(f: Frame<'_>, series: impl FnOnce(&mut StepChart<'_, '_>) -> Result<()>) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, f.size).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(f.caption, (FONT, f.caption_size))
+            .margin(14)
+            .x_label_area_size(46)
+            .y_label_area_size(66)
+            .build_cartesian_2d(0usize..f.last_step, f.y)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(GRID)
+            .x_desc("optimizer step")
+            .y_desc(f.y_desc)
+            .y_label_formatter(f.y_label)
+            .y_labels(f.y_labels)
+            .axis_desc_style((FONT, 15))
+            .label_style((FONT, 13))
+            .draw()
+            .map_err(plot_error)?;
+        series(&mut chart)?;
+        if f.legend {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(160, 160, 160))
+                .label_font((FONT, 14))
+                .draw()
+                .map_err(plot_error)?;
+        }
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
 /// The loss plot, or `None` when the run logged no loss at all.
 pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> Result<Option<String>> {
     if train.is_empty() && eval.is_empty() {
@@ -71,29 +129,19 @@ pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> Result<Option<
     let last_step = train.iter().chain(eval).map(|p| p.0).max().unwrap_or(0).max(1);
     let (y_lo, y_hi) = y_range(train.iter().chain(eval).map(|p| p.1));
     let decimals = label_decimals(y_hi - y_lo);
-
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, LOSS_SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Loss", (FONT, 22))
-            .margin(14)
-            .x_label_area_size(46)
-            .y_label_area_size(66)
-            .build_cartesian_2d(0usize..last_step, y_lo..y_hi)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(GRID)
-            .x_desc("optimizer step")
-            .y_desc("loss (mean per target token)")
-            .y_label_formatter(&|v| format!("{:.*}", decimals, v))
-            .axis_desc_style((FONT, 15))
-            .label_style((FONT, 13))
-            .draw()
-            .map_err(plot_error)?;
+    let frame = Frame {
+        size: LOSS_SIZE,
+        caption: "Loss",
+        caption_size: 22,
+        last_step,
+        y: y_lo..y_hi,
+        y_desc: "loss (mean per target token)",
+        y_label: &|v| format!("{:.*}", decimals, v),
+        // plotters' own default, which this plot always had.
+        y_labels: 11,
+        legend: true,
+    };
+    let svg = step_plot(frame, |chart| {
         if !train.is_empty() {
             chart
                 .draw_series(LineSeries::new(train.iter().copied(), TRAIN_COLOR.stroke_width(1)))
@@ -114,16 +162,8 @@ pub fn loss_svg(train: &[(usize, f64)], eval: &[(usize, f64)]) -> Result<Option<
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], EVAL_COLOR.stroke_width(2)));
             chart.draw_series(eval.iter().map(|&p| Circle::new(p, 4, EVAL_COLOR.filled()))).map_err(plot_error)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(160, 160, 160))
-            .label_font((FONT, 14))
-            .draw()
-            .map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
+        Ok(())
+    })?;
     Ok(Some(svg))
 }
 
@@ -135,32 +175,21 @@ pub fn lr_svg(lrs: &[(usize, f64)]) -> Result<Option<String>> {
     let last_step = lrs.iter().map(|p| p.0).max().unwrap_or(0).max(1);
     let hi = lrs.iter().map(|p| p.1).fold(0.0f64, f64::max);
     let hi = if hi > 0.0 { hi * 1.08 } else { 1.0 };
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, LR_SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Learning rate", (FONT, 18))
-            .margin(14)
-            .x_label_area_size(46)
-            .y_label_area_size(66)
-            .build_cartesian_2d(0usize..last_step, 0.0..hi)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(GRID)
-            .x_desc("optimizer step")
-            .y_desc("learning rate")
-            .y_label_formatter(&|v| format!("{v:.1e}"))
-            .y_labels(5)
-            .axis_desc_style((FONT, 15))
-            .label_style((FONT, 13))
-            .draw()
-            .map_err(plot_error)?;
+    let frame = Frame {
+        size: LR_SIZE,
+        caption: "Learning rate",
+        caption_size: 18,
+        last_step,
+        y: 0.0..hi,
+        y_desc: "learning rate",
+        y_label: &|v| format!("{v:.1e}"),
+        y_labels: 5,
+        legend: false,
+    };
+    let svg = step_plot(frame, |chart| {
         chart.draw_series(LineSeries::new(lrs.iter().copied(), LR_COLOR.stroke_width(2))).map_err(plot_error)?;
-        root.present().map_err(plot_error)?;
-    }
+        Ok(())
+    })?;
     Ok(Some(svg))
 }
 
