@@ -70,7 +70,7 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
     );
     let _ = writeln!(out, "<h1>loratune report: {}</h1>", Esc(&name));
     let m = &s.manifest;
-    let model = m.base_model.as_ref().map(|b| b.source.as_str()).unwrap_or("unknown model");
+    let model = tables::base_model(s);
     let _ = writeln!(out, "<p class=\"sub\">{} &middot; {} of {} steps &middot; {}</p>", Esc(&m.status), m.steps_completed, m.total_steps, Esc(model));
     if let Some(e) = &m.error {
         let _ = writeln!(out, "<div class=\"warning\">The run failed: {}</div>", Esc(e));

@@ -46,7 +46,7 @@ pub fn render(s: &RunSummary, has_loss_plot: bool, has_lr_plot: bool) -> String 
     let mut out = String::new();
     let m = &s.manifest;
     let _ = writeln!(out, "# loratune report: {}\n", cell(&s.name()));
-    let model = m.base_model.as_ref().map(|b| b.source.as_str()).unwrap_or("unknown model");
+    let model = tables::base_model(s);
     let _ = writeln!(out, "{} · {} of {} steps · {}\n", cell(&m.status), m.steps_completed, m.total_steps, cell(model));
     if let Some(e) = &m.error {
         let _ = writeln!(out, "> **The run failed:** {}\n", cell(e));

@@ -115,6 +115,11 @@ pub fn regression_table(s: &RunSummary) -> Option<Table> {
     Some(t)
 }
 
+/// The base model as the manifest names it.
+pub fn base_model(s: &RunSummary) -> &str {
+    s.manifest.base_model.as_ref().map(|b| b.source.as_str()).unwrap_or("unknown model")
+}
+
 /// The forgetting warning, when the regression check found it.
 pub fn forgetting_warning(s: &RunSummary) -> Option<String> {
     let r = s.eval.as_ref()?.regression.as_ref()?;
