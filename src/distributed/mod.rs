@@ -42,7 +42,6 @@ pub enum Backend {
 pub struct ProcessGroup {
     pub rank: usize,
     pub world_size: usize,
-    pub local_rank: usize,
     host: Option<TcpGroup>,
     #[cfg(feature = "nccl")]
     nccl: Option<nccl::NcclComm>,
@@ -61,7 +60,6 @@ impl ProcessGroup {
         ProcessGroup {
             rank: 0,
             world_size: 1,
-            local_rank: 0,
             host: None,
             #[cfg(feature = "nccl")]
             nccl: None,
@@ -106,7 +104,6 @@ impl ProcessGroup {
         Ok(ProcessGroup {
             rank: env.rank,
             world_size: env.world_size,
-            local_rank: env.local_rank,
             host: Some(host),
             #[cfg(feature = "nccl")]
             nccl,
