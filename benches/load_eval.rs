@@ -15,13 +15,22 @@ use std::time::Instant;
 /// The 100 conversations: the calendar sample cycled, each user turn numbered so no two
 /// are identical. scripts/bench/transformers_load_eval.py builds the same list.
 fn conversations(root: &std::path::Path) -> Vec<Record> {
-    let ds = read_jsonl(&root.join("examples/data/calendar-sample.jsonl"), None, BadRecordPolicy::Error).expect("sample data");
+    let ds = read_jsonl(&root.join("examples/data/calendar-sample.jsonl"), None, BadRecordPolicy::Error)
+        .expect("sample data");
     (0..100)
         .map(|i| {
-            let Record::Conversation(msgs) = &ds.examples[i % ds.examples.len()].record else { panic!("sample is chat data") };
+            let Record::Conversation(msgs) = &ds.examples[i % ds.examples.len()].record else {
+                panic!("sample is chat data")
+            };
             Record::Conversation(
                 msgs.iter()
-                    .map(|m| if m.role == Role::User { Message::new(Role::User, format!("{} (request {i})", m.content)) } else { m.clone() })
+                    .map(|m| {
+                        if m.role == Role::User {
+                            Message::new(Role::User, format!("{} (request {i})", m.content))
+                        } else {
+                            m.clone()
+                        }
+                    })
                     .collect(),
             )
         })
@@ -52,7 +61,10 @@ fn main() {
     let pad = loaded.tokenizer.eos_id.unwrap_or(0);
     let s = evaluate(&loaded.model, None, &examples, 8, pad, |_, _| {}).expect("eval");
 
-    println!("loratune  gguf load (median of 3)  {:.3} s  (min {:.3}, max {:.3})", load_times[1], load_times[0], load_times[2]);
+    println!(
+        "loratune  gguf load (median of 3)  {:.3} s  (min {:.3}, max {:.3})",
+        load_times[1], load_times[0], load_times[2]
+    );
     println!("loratune  encode 100 conversations {:.3} s", encode_s);
     println!(
         "loratune  eval 100 conversations   {:.2} s  {:.0} tokens/s  ({} tokens, loss {:.4})",

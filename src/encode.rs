@@ -95,7 +95,9 @@ fn encode_chat(tok: &Tokenizer, messages: &[Message]) -> Result<(Vec<u32>, Vec<u
     let (ids, offsets) = tok.encode_with_offsets(&full, false)?;
     let mut mask = vec![0u8; ids.len()];
     for &(start, end) in &spans {
-        let inside: Vec<usize> = (0..ids.len()).filter(|&k| offsets[k].0 >= start && offsets[k].0 < end && offsets[k].1 > offsets[k].0).collect();
+        let inside: Vec<usize> = (0..ids.len())
+            .filter(|&k| offsets[k].0 >= start && offsets[k].0 < end && offsets[k].1 > offsets[k].0)
+            .collect();
         // Stop after the last end-of-turn token: what follows it (a newline) is template
         // glue that the model never has to produce.
         let last = match tok.eos_id.and_then(|eos| inside.iter().rposition(|&k| ids[k] == eos)) {

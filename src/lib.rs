@@ -17,19 +17,19 @@
 //! - [`gpu`]: opening a CUDA device for training and reading its peak memory;
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it).
 
-pub mod config;
 pub mod atomic;
 pub mod chat;
+pub mod cli;
+pub mod config;
 pub mod data;
-pub mod tokenizer;
-pub mod model;
+pub mod distributed;
 pub mod encode;
 pub mod eval;
 pub mod generate;
-pub mod merge;
-pub mod lora;
-pub mod train;
-pub mod report;
 pub mod gpu;
-pub mod distributed;
-pub mod cli;
+pub mod lora;
+pub mod merge;
+pub mod model;
+pub mod report;
+pub mod tokenizer;
+pub mod train;

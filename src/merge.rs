@@ -97,7 +97,10 @@ pub fn merge(
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| LoadError::io(parent, e))?;
     let name = out.file_name().ok_or_else(|| out_err("not a folder name".into()))?.to_string_lossy();
-    let staging = tempfile::Builder::new().prefix(&format!(".{name}.partial-")).tempdir_in(parent).map_err(|e| LoadError::io(parent, e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(parent)
+        .map_err(|e| LoadError::io(parent, e))?;
     let dir = staging.path();
 
     write_metadata(&reader, source, hub, dir, dtype)?;
@@ -171,7 +174,13 @@ fn adapted_tensors(adapter: &LoraWeights) -> HashMap<String, (usize, Target)> {
 /// config.json (the base's own, with the new dtype), tokenizer files and
 /// generation_config.json. A Hugging Face base's files are copied byte for byte; a GGUF
 /// base's are rebuilt from its metadata.
-fn write_metadata(reader: &TensorReader, source: &ModelSource, hub: &HubOptions, dir: &Path, dtype: DType) -> Result<(), LoadError> {
+fn write_metadata(
+    reader: &TensorReader,
+    source: &ModelSource,
+    hub: &HubOptions,
+    dir: &Path,
+    dtype: DType,
+) -> Result<(), LoadError> {
     let dtype_name = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -181,9 +190,11 @@ fn write_metadata(reader: &TensorReader, source: &ModelSource, hub: &HubOptions,
         let src = &reader.resolved;
         let config_path = src.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| LoadError::io(&config_path, e))?;
-        let mut config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| LoadError::Config { path: config_path.clone(), msg: format!("invalid JSON: {e}") })?;
-        let obj = config.as_object_mut().ok_or_else(|| LoadError::Config { path: config_path.clone(), msg: "not a JSON object".into() })?;
+        let mut config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LoadError::Config { path: config_path.clone(), msg: format!("invalid JSON: {e}") })?;
+        let obj = config
+            .as_object_mut()
+            .ok_or_else(|| LoadError::Config { path: config_path.clone(), msg: "not a JSON object".into() })?;
         // transformers 4 reads torch_dtype, 5 reads dtype: keep whichever the base has.
         if obj.contains_key("dtype") {
             obj.insert("dtype".into(), dtype_name.into());
@@ -225,7 +236,11 @@ fn write_metadata(reader: &TensorReader, source: &ModelSource, hub: &HubOptions,
 fn install(staging: tempfile::TempDir, out: &Path) -> Result<(), LoadError> {
     let built = staging.keep();
     if out.exists() {
-        let old = out.with_file_name(format!(".{}.old-{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+        let old = out.with_file_name(format!(
+            ".{}.old-{}",
+            out.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
         std::fs::rename(out, &old).map_err(|e| LoadError::io(out, e))?;
         std::fs::rename(&built, out).map_err(|e| LoadError::io(out, e))?;
         std::fs::remove_dir_all(&old).map_err(|e| LoadError::io(&old, e))?;

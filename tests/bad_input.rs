@@ -53,7 +53,20 @@ fn skip_policy_reports_count_and_reasons_and_evaluates_the_rest() {
     let d = dir.path();
     let model = tiny(d);
     common::write(&d.join("mixed.jsonl"), "{\"text\": \"one\"}\n{\"text\": 5}\nnot json\n{\"text\": \"two\"}\n");
-    let o = common::loratune(d, &["eval", "--model", model.to_str().unwrap(), "--data", "mixed.jsonl", "--on-bad-record", "skip", "--out", "r.json"]);
+    let o = common::loratune(
+        d,
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            "mixed.jsonl",
+            "--on-bad-record",
+            "skip",
+            "--out",
+            "r.json",
+        ],
+    );
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("skipped 2") && err.contains("line 2") && err.contains("line 3"), "{err}");
@@ -87,7 +100,13 @@ fn bad_checkpoints_name_the_file_and_tensor() {
     let m = common::init_tiny(d, "tiny", &[]);
     edit_json(&m.join("config.json"), |v| v["intermediate_size"] = 200.into());
     let err = eval_fails(d, &m, "ok.jsonl", &[]);
-    assert!(err.contains("model.safetensors") && err.contains("mlp.gate_proj.weight") && err.contains("[176, 64]") && err.contains("[200, 64]"), "{err}");
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("mlp.gate_proj.weight")
+            && err.contains("[176, 64]")
+            && err.contains("[200, 64]"),
+        "{err}"
+    );
 
     // Truncated safetensors.
     std::fs::remove_dir_all(&m).unwrap();
@@ -106,7 +125,10 @@ fn bad_checkpoints_name_the_file_and_tensor() {
 
     // Missing shard.
     let sharded = d.join("sharded");
-    let o = common::loratune(d, &["init-model", "--preset", "tiny", "--out", sharded.to_str().unwrap(), "--max-shard-size", "64KiB"]);
+    let o = common::loratune(
+        d,
+        &["init-model", "--preset", "tiny", "--out", sharded.to_str().unwrap(), "--max-shard-size", "64KiB"],
+    );
     assert!(o.status.success());
     let victim = std::fs::read_dir(&sharded)
         .unwrap()
@@ -129,7 +151,8 @@ fn gguf_of_another_architecture_is_refused() {
     // Rewrite the same file with general.architecture = gpt2.
     let mut f = std::fs::File::open(&llama).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
-    let mut meta: Vec<(String, gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut meta: Vec<(String, gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for (k, v) in meta.iter_mut() {
         if k == "general.architecture" {
             *v = gguf_file::Value::String("gpt2".into());

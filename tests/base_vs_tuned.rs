@@ -16,12 +16,17 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 use common::chat_line as chat;
 
-const WORDS: [&str; 12] = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "kayak", "lemon", "maple"];
+const WORDS: [&str; 12] =
+    ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "kayak", "lemon", "maple"];
 
 /// 144 distinct two-part words (the lint refuses duplicated train/eval examples).
 fn word(i: usize) -> String {
@@ -31,7 +36,19 @@ fn word(i: usize) -> String {
 /// Loss that `loratune eval` reports for `data` (with `adapter` when given).
 fn eval_loss(d: &Path, model: &Path, adapter: Option<&Path>, data: &str) -> f64 {
     let out = d.join("eval-out.json");
-    let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--data", data, "--max-seq-len", "96", "--device", "cpu", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-seq-len",
+        "96",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     if let Some(a) = adapter {
         args.extend(["--adapter", a.to_str().unwrap()]);
     }
@@ -44,7 +61,19 @@ fn eval_loss(d: &Path, model: &Path, adapter: Option<&Path>, data: &str) -> f64 
 fn generate(d: &Path, model: &Path, adapter: Option<&Path>, data: &str, max_new: usize) -> Vec<String> {
     let out = d.join("gen.jsonl");
     let max_new = max_new.to_string();
-    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--data", data, "--max-new-tokens", &max_new, "--device", "cpu", "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--max-new-tokens",
+        &max_new,
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
     if let Some(a) = adapter {
         args.extend(["--adapter", a.to_str().unwrap()]);
     }
@@ -93,20 +122,34 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
     // Regression set: 10 of the echoes the base learned, which shouting unlearns: its loss
     // must rise.
     let tiny = common::init_tiny(d, "tiny", &[]);
-    common::write(&d.join("echo.jsonl"), &(100..160).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>());
-    common::write(&d.join("pre.toml"), &config(&tiny, "train = \"echo.jsonl\"\neval_fraction = 0.0", "pre", 30, "generate_examples = 0"));
+    common::write(
+        &d.join("echo.jsonl"),
+        &(100..160).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>(),
+    );
+    common::write(
+        &d.join("pre.toml"),
+        &config(&tiny, "train = \"echo.jsonl\"\neval_fraction = 0.0", "pre", 30, "generate_examples = 0"),
+    );
     let o = common::loratune(d, &["train", "pre.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let o = common::loratune(d, &["merge", "--model", tiny.to_str().unwrap(), "--adapter", "pre", "--out", "echo-base"]);
+    let o =
+        common::loratune(d, &["merge", "--model", tiny.to_str().unwrap(), "--adapter", "pre", "--out", "echo-base"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let model = d.join("echo-base");
 
     common::write(&d.join("task.jsonl"), &(0..48).map(|i| common::shout_line(&word(i))).collect::<String>());
-    common::write(&d.join("general.jsonl"), &(0..40).map(|i| chat(&format!("Say {}", word(i + 3)), &word(i + 3))).collect::<String>());
+    common::write(
+        &d.join("general.jsonl"),
+        &(0..40).map(|i| chat(&format!("Say {}", word(i + 3)), &word(i + 3))).collect::<String>(),
+    );
     common::write(&d.join("eval.jsonl"), &(48..54).map(|i| common::shout_line(&word(i))).collect::<String>());
-    common::write(&d.join("regression.jsonl"), &(100..110).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>());
+    common::write(
+        &d.join("regression.jsonl"),
+        &(100..110).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>(),
+    );
     let data = "train = [\"task.jsonl\", \"general.jsonl\"]\nweights = [0.8, 0.2]\neval = \"eval.jsonl\"";
-    let extra = "regression = \"regression.jsonl\"\nregression_threshold = 0.0\ngenerate_examples = 3\nmax_new_tokens = 12";
+    let extra =
+        "regression = \"regression.jsonl\"\nregression_threshold = 0.0\ngenerate_examples = 3\nmax_new_tokens = 12";
     common::write(&d.join("run.toml"), &config(&model, data, "run", 12, extra));
     let o = common::loratune(d, &["train", "run.toml"]);
     let stdout = common::stdout(&o);
@@ -115,7 +158,13 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
 
     // Mixing: 80/20 of 48 task and 40 general examples is all 48 task + 12 general.
     let manifest = read_json(&run.join("run.json"));
-    let mixed: Vec<u64> = manifest["data"].as_array().unwrap().iter().filter(|f| f["role"] == "train").map(|f| f["mixed_in"].as_u64().unwrap()).collect();
+    let mixed: Vec<u64> = manifest["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["role"] == "train")
+        .map(|f| f["mixed_in"].as_u64().unwrap())
+        .collect();
     assert_eq!(mixed, vec![48, 12]);
     assert_eq!(manifest["train_examples"], 60);
     assert!(stdout.contains("mix     12 of 40 examples from general.jsonl"), "{stdout}");
@@ -137,7 +186,15 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
     // Samples: the first 3 eval prompts, answered as `loratune generate` answers them.
     let samples = read_jsonl(&run.join("samples.jsonl"));
     assert_eq!(samples.len(), 3);
-    common::write(&d.join("eval3.jsonl"), &std::fs::read_to_string(d.join("eval.jsonl")).unwrap().lines().take(3).map(|l| format!("{l}\n")).collect::<String>());
+    common::write(
+        &d.join("eval3.jsonl"),
+        &std::fs::read_to_string(d.join("eval.jsonl"))
+            .unwrap()
+            .lines()
+            .take(3)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
     let base_out = generate(d, &model, None, "eval3.jsonl", 12);
     let tuned_out = generate(d, &model, Some(&run), "eval3.jsonl", 12);
     let mut tuned_em = 0.0;
@@ -160,13 +217,35 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
     assert_eq!(g["tuned"]["json_valid"], Value::Null, "references are not JSON");
 
     // compare: base vs the run's adapter on the same prompts, by its own path.
-    let o = common::loratune(d, &["compare", "base", "run", "--model", model.to_str().unwrap(), "--data", "eval3.jsonl", "--max-new-tokens", "12", "--max-seq-len", "96", "--device", "cpu", "--out", "cmp"]);
+    let o = common::loratune(
+        d,
+        &[
+            "compare",
+            "base",
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            "eval3.jsonl",
+            "--max-new-tokens",
+            "12",
+            "--max-seq-len",
+            "96",
+            "--device",
+            "cpu",
+            "--out",
+            "cmp",
+        ],
+    );
     let out = common::stdout(&o);
     assert!(o.status.success(), "{out}\n{}", common::stderr(&o));
     let rows = read_jsonl(&d.join("cmp/compare.jsonl"));
     assert_eq!(rows.len(), 3);
     for (i, row) in rows.iter().enumerate() {
-        assert_eq!((row["a"].as_str().unwrap(), row["b"].as_str().unwrap()), (base_out[i].as_str(), tuned_out[i].as_str()));
+        assert_eq!(
+            (row["a"].as_str().unwrap(), row["b"].as_str().unwrap()),
+            (base_out[i].as_str(), tuned_out[i].as_str())
+        );
     }
     let c = read_json(&d.join("cmp/compare.json"));
     let (la, lb) = (c["a"]["loss"].as_f64().unwrap(), c["b"]["loss"].as_f64().unwrap());
@@ -192,5 +271,9 @@ fn compare_explains_a_side_it_cannot_resolve() {
     std::fs::create_dir(d.join("ad")).unwrap();
     common::write(&d.join("ad/adapter_config.json"), "{\"r\": 4}");
     let o = common::loratune(d, &["compare", "ad", "base", "--data", "p.jsonl"]);
-    assert!(common::stderr(&o).contains("no base_model_name_or_path; give the base with --model"), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("no base_model_name_or_path; give the base with --model"),
+        "{}",
+        common::stderr(&o)
+    );
 }

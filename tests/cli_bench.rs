@@ -10,7 +10,23 @@ fn preset_bench_needs_no_files_and_reports_the_job() {
     let d = dir.path();
     let o = common::loratune(
         d,
-        &["bench", "--preset", "tiny", "--device", "cpu", "--seq-len", "32", "--batch-size", "2", "--warmup", "1", "--steps", "2", "--json", "b.json"],
+        &[
+            "bench",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--json",
+            "b.json",
+        ],
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains("tokens/s"), "{}", common::stdout(&o));
@@ -30,14 +46,35 @@ fn preset_bench_needs_no_files_and_reports_the_job() {
     // --seq and --batch are the spellings of --seq-len and --batch-size.
     let o = common::loratune(
         d,
-        &["bench", "--preset", "tiny", "--device", "cpu", "--seq", "32", "--batch", "2", "--warmup", "1", "--steps", "2", "--profile", "--json", "p.json"],
+        &[
+            "bench",
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--seq",
+            "32",
+            "--batch",
+            "2",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--profile",
+            "--json",
+            "p.json",
+        ],
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains("attention fwd"), "{}", common::stdout(&o));
     assert!(common::stdout(&o).contains("over 2 timed steps (batch 2 x 32 tokens)"), "{}", common::stdout(&o));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("p.json")).unwrap()).unwrap();
     let regions = r["ours"]["profile"].as_array().unwrap();
-    let calls = |name: &str| regions.iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("no region {name}: {regions:?}"))["calls"].as_u64().unwrap();
+    let calls = |name: &str| {
+        regions.iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("no region {name}: {regions:?}"))["calls"]
+            .as_u64()
+            .unwrap()
+    };
     assert_eq!(calls("attention fwd"), 2);
     assert_eq!(calls("attention bwd"), 2);
     assert_eq!(calls("q_proj fwd"), 2);

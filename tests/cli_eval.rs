@@ -31,7 +31,19 @@ fn eval_command_reproduces_transformers_loss_over_mixed_files() {
     let model = common::smollm2_gguf();
     let o = common::loratune(
         d,
-        &["eval", "--model", model.to_str().unwrap(), "--data", "chats.jsonl", "texts.jsonl", "pc.jsonl", "--batch-size", "3", "--out", "out.json"],
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            "chats.jsonl",
+            "texts.jsonl",
+            "pc.jsonl",
+            "--batch-size",
+            "3",
+            "--out",
+            "out.json",
+        ],
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let stdout = common::stdout(&o);
@@ -42,7 +54,8 @@ fn eval_command_reproduces_transformers_loss_over_mixed_files() {
     assert!((got - want).abs() < 1e-4, "eval loss {got} vs transformers {want}");
     assert!((r["perplexity"].as_f64().unwrap() - got.exp()).abs() < 1e-9);
     let n_targets: u64 = fx["cases"].as_array().unwrap().iter().map(|c| c["n_targets"].as_u64().unwrap()).sum();
-    let n_tokens: u64 = fx["cases"].as_array().unwrap().iter().map(|c| c["input_ids"].as_array().unwrap().len() as u64).sum();
+    let n_tokens: u64 =
+        fx["cases"].as_array().unwrap().iter().map(|c| c["input_ids"].as_array().unwrap().len() as u64).sum();
     assert_eq!(r["target_tokens"].as_u64().unwrap(), n_targets);
     assert_eq!(r["total_tokens"].as_u64().unwrap(), n_tokens);
     let formats: Vec<&str> = r["files"].as_array().unwrap().iter().map(|f| f["format"].as_str().unwrap()).collect();
@@ -64,20 +77,33 @@ fn one_conversation_in_three_layouts_evaluates_identically() {
     let joined = format!("{user}\n\n{input}");
     common::write(
         &d.join("sharegpt.jsonl"),
-        &format!("{}\n", json!({"conversations": [{"from": "system", "value": sys}, {"from": "human", "value": joined}, {"from": "gpt", "value": answer}]})),
+        &format!(
+            "{}\n",
+            json!({"conversations": [{"from": "system", "value": sys}, {"from": "human", "value": joined}, {"from": "gpt", "value": answer}]})
+        ),
     );
     common::write(
         &d.join("messages.jsonl"),
-        &format!("{}\n", json!({"messages": [{"role": "system", "content": sys}, {"role": "user", "content": joined}, {"role": "assistant", "content": answer}]})),
+        &format!(
+            "{}\n",
+            json!({"messages": [{"role": "system", "content": sys}, {"role": "user", "content": joined}, {"role": "assistant", "content": answer}]})
+        ),
     );
     let mut results = Vec::new();
     for f in ["alpaca", "sharegpt", "messages"] {
         let out = format!("{f}.json");
-        let o = common::loratune(d, &["eval", "--model", model.to_str().unwrap(), "--data", &format!("{f}.jsonl"), "--out", &out]);
+        let o = common::loratune(
+            d,
+            &["eval", "--model", model.to_str().unwrap(), "--data", &format!("{f}.jsonl"), "--out", &out],
+        );
         assert!(o.status.success(), "{f}: {}", common::stderr(&o));
         let r = read_json(&d.join(&out));
         assert_eq!(r["files"][0]["format"], f);
-        results.push((r["loss"].as_f64().unwrap(), r["target_tokens"].as_u64().unwrap(), r["total_tokens"].as_u64().unwrap()));
+        results.push((
+            r["loss"].as_f64().unwrap(),
+            r["target_tokens"].as_u64().unwrap(),
+            r["total_tokens"].as_u64().unwrap(),
+        ));
     }
     assert!(results[0].1 > 0);
     assert_eq!(results[0], results[1]);
@@ -90,7 +116,10 @@ fn truncation_is_counted_and_limits_tokens() {
     let d = dir.path();
     let model = common::init_tiny(d, "tiny", &[]);
     common::write(&d.join("t.jsonl"), &format!("{}\n{}\n", json!({"text": "a".repeat(100)}), json!({"text": "short"})));
-    let o = common::loratune(d, &["eval", "--model", model.to_str().unwrap(), "--data", "t.jsonl", "--max-seq-len", "32", "--out", "r.json"]);
+    let o = common::loratune(
+        d,
+        &["eval", "--model", model.to_str().unwrap(), "--data", "t.jsonl", "--max-seq-len", "32", "--out", "r.json"],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let r = read_json(&d.join("r.json"));
     assert_eq!(r["files"][0]["truncated"], 1);

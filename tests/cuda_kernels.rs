@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use loratune::encode::EncodedExample;
 use loratune::lora::{LoraSpec, LoraWeights, Target};
-use loratune::model::init::{random_model_as, preset};
+use loratune::model::init::{preset, random_model_as};
 use loratune::model::ModelConfig;
 use loratune::train::cuda_kernels as ck;
 use loratune::train::ops::{self, AttnShape};
@@ -76,10 +76,12 @@ fn flash_attention_matches_reference() {
         let s = AttnShape { b, t, nh, nkv, d };
         let batch = packed_batch(t, 120, 57, 100, &dev);
         let n = b * t;
-        let (q, k, v) = (randn(&[n, nh * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev));
+        let (q, k, v) =
+            (randn(&[n, nh * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev));
         let (o, lse) = ck::flash_attention_forward(&q, &k, &v, &batch.kstart, s).unwrap();
 
-        let heads = |x: &Tensor, h: usize| f32(x).reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let heads =
+            |x: &Tensor, h: usize| f32(x).reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
         let rows = |x: Tensor, h: usize| x.transpose(1, 2).unwrap().contiguous().unwrap().reshape((n, h * d)).unwrap();
         let (qh, kh, vh) = (heads(&q, nh), heads(&k, nkv), heads(&v, nkv));
         let (ctx, probs) = ops::attention_forward(&qh, &kh, &vh, batch.bias().unwrap()).unwrap();
@@ -124,15 +126,36 @@ fn elementwise_kernels_match_reference() {
     let (b, t, heads, d) = (2, 150, 3, 64);
     let cfg = ModelConfig { head_dim: d, ..preset("tiny").unwrap() };
     let rope = loratune::model::llama::Rope::new(&cfg, &dev).unwrap();
-    let pos = Tensor::arange(0u32, t as u32, &dev).unwrap().to_dtype(DType::F32).unwrap().unsqueeze(0).unwrap().repeat((b, 1)).unwrap();
+    let pos = Tensor::arange(0u32, t as u32, &dev)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .repeat((b, 1))
+        .unwrap();
     let (cos, sin) = rope.cos_sin(&pos, DType::F32).unwrap(); // (B, 1, T, D)
     let xr = randn(&[b * t, heads * d], 1.0, &dev);
-    let (c16, s16) = (cos.to_dtype(DType::BF16).unwrap().reshape((b * t, d)).unwrap(), sin.to_dtype(DType::BF16).unwrap().reshape((b * t, d)).unwrap());
-    let to_heads = |x: &Tensor| f32(x).reshape((b, t, heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let (c16, s16) = (
+        cos.to_dtype(DType::BF16).unwrap().reshape((b * t, d)).unwrap(),
+        sin.to_dtype(DType::BF16).unwrap().reshape((b * t, d)).unwrap(),
+    );
+    let to_heads =
+        |x: &Tensor| f32(x).reshape((b, t, heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
     let to_rows = |x: Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap().reshape((b * t, heads * d)).unwrap();
     let (c32, s32) = (f32(&c16).reshape((b, 1, t, d)).unwrap(), f32(&s16).reshape((b, 1, t, d)).unwrap());
-    check("rope fwd", &ck::rope(&xr, &c16, &s16, d, false).unwrap(), &to_rows(ops::rope_forward(&to_heads(&xr), &c32, &s32).unwrap()), 1e-2);
-    check("rope bwd", &ck::rope(&xr, &c16, &s16, d, true).unwrap(), &to_rows(ops::rope_backward(&to_heads(&xr), &c32, &s32).unwrap()), 1e-2);
+    check(
+        "rope fwd",
+        &ck::rope(&xr, &c16, &s16, d, false).unwrap(),
+        &to_rows(ops::rope_forward(&to_heads(&xr), &c32, &s32).unwrap()),
+        1e-2,
+    );
+    check(
+        "rope bwd",
+        &ck::rope(&xr, &c16, &s16, d, true).unwrap(),
+        &to_rows(ops::rope_backward(&to_heads(&xr), &c32, &s32).unwrap()),
+        1e-2,
+    );
 
     let (g, u, da) = (randn(&[n, h], 2.0, &dev), randn(&[n, h], 1.0, &dev), randn(&[n, h], 1.0, &dev));
     check("swiglu fwd", &ck::swiglu_forward(&g, &u).unwrap(), &ops::swiglu_forward(&f32(&g), &f32(&u)).unwrap(), 1e-2);
@@ -163,7 +186,8 @@ fn adamw_kernel_matches_cpu_update() {
     let dev = gpu();
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
     let p0 = Tensor::randn(0f32, 1.0, (64, 33), &Device::Cpu).unwrap();
-    let (mut gpu_opt, mut cpu_opt) = (AdamW::new(cfg, &[p0.to_device(&dev).unwrap()]).unwrap(), AdamW::new(cfg, &[p0.clone()]).unwrap());
+    let (mut gpu_opt, mut cpu_opt) =
+        (AdamW::new(cfg, &[p0.to_device(&dev).unwrap()]).unwrap(), AdamW::new(cfg, &[p0.clone()]).unwrap());
     let (mut pg, mut pc) = (p0.to_device(&dev).unwrap(), p0);
     for _ in 0..3 {
         let g = Tensor::randn(0f32, 1.0, (64, 33), &Device::Cpu).unwrap();
@@ -191,8 +215,13 @@ fn bf16_step_matches_f32_step() {
     let seed = rand::random::<u64>() % 1000;
     // Both models hold the same bf16-rounded weights, so only the arithmetic differs.
     let m16 = random_model_as(&cfg, seed, 0.05, &dev, DType::BF16).unwrap();
-    let named: std::collections::HashMap<String, Tensor> =
-        m16.weights.named_tensors(&cfg).unwrap().into_iter().map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap())).collect();
+    let named: std::collections::HashMap<String, Tensor> = m16
+        .weights
+        .named_tensors(&cfg)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_dtype(DType::F32).unwrap()))
+        .collect();
     let w32 = loratune::model::llama::LlamaWeights::from_map(&cfg, named, std::path::Path::new("<f32 copy>")).unwrap();
     let m32 = loratune::model::Llama::new(cfg.clone(), w32).unwrap();
     let spec = LoraSpec { r: 8, alpha: 16.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
@@ -203,8 +232,22 @@ fn bf16_step_matches_f32_step() {
 
     let run = |m: &loratune::model::Llama, checkpointing: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
-        let opts = StepOptions { gradient_checkpointing: checkpointing, checkpoint_layers: None, dropout: 0.0, profiler: None };
-        let st = forward_backward(m, &lora, &batch, 1.0 / batch.num_targets as f64, opts, &mut ChaCha8Rng::seed_from_u64(0), &mut grads).unwrap();
+        let opts = StepOptions {
+            gradient_checkpointing: checkpointing,
+            checkpoint_layers: None,
+            dropout: 0.0,
+            profiler: None,
+        };
+        let st = forward_backward(
+            m,
+            &lora,
+            &batch,
+            1.0 / batch.num_targets as f64,
+            opts,
+            &mut ChaCha8Rng::seed_from_u64(0),
+            &mut grads,
+        )
+        .unwrap();
         (st.nll_sum / batch.num_targets as f64, grads.tensors())
     };
     let (l32, g32) = run(&m32, false);
@@ -235,7 +278,8 @@ fn dequantize_kernels_match_candle() {
         let want = q.dequantize(&Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
         let qw = loratune::model::quantized::QuantizedWeight::new(q, &dev, DType::BF16).unwrap();
         let got = qw.dequantize().unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-        let max = (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let max =
+            (&got - &want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         println!("dequantize {format:?}: max |gpu - candle| {max:.2e}");
         // Equal up to one bf16 rounding step where f32 FMA contraction differs.
         assert!(max <= 4e-3, "{format:?}: {max}");
@@ -266,12 +310,27 @@ fn quantized_step_matches_dense_step_on_the_same_weights() {
     for format in [candle_core::quantized::GgmlDType::Q4_1, candle_core::quantized::GgmlDType::Q4K] {
         let mut q = random_model_as(&cfg, 5, 0.05, &dev, DType::BF16).unwrap();
         loratune::model::quantized::quantize_model(&mut q, format).unwrap();
-        let named: std::collections::HashMap<String, Tensor> = q.weights.named_tensors(&cfg).unwrap().into_iter().collect();
-        let dense = loratune::model::Llama::new(cfg.clone(), loratune::model::llama::LlamaWeights::from_map(&cfg, named, std::path::Path::new("<dense>")).unwrap()).unwrap();
+        let named: std::collections::HashMap<String, Tensor> =
+            q.weights.named_tensors(&cfg).unwrap().into_iter().collect();
+        let dense = loratune::model::Llama::new(
+            cfg.clone(),
+            loratune::model::llama::LlamaWeights::from_map(&cfg, named, std::path::Path::new("<dense>")).unwrap(),
+        )
+        .unwrap();
         let run = |m: &loratune::model::Llama| {
             let mut grads = LoraGrads::zeros(&lora).unwrap();
-            let opts = StepOptions { gradient_checkpointing: true, checkpoint_layers: None, dropout: 0.0, profiler: None };
-            let st = forward_backward(m, &lora, &batch, 1.0 / batch.num_targets as f64, opts, &mut ChaCha8Rng::seed_from_u64(0), &mut grads).unwrap();
+            let opts =
+                StepOptions { gradient_checkpointing: true, checkpoint_layers: None, dropout: 0.0, profiler: None };
+            let st = forward_backward(
+                m,
+                &lora,
+                &batch,
+                1.0 / batch.num_targets as f64,
+                opts,
+                &mut ChaCha8Rng::seed_from_u64(0),
+                &mut grads,
+            )
+            .unwrap();
             (st.nll_sum / batch.num_targets as f64, grads.tensors())
         };
         let (lq, gq) = run(&q);

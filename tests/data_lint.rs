@@ -44,7 +44,12 @@ fn at(list: &Value) -> Vec<(String, u64)> {
     list.as_array()
         .unwrap()
         .iter()
-        .map(|x| (Path::new(x["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned(), x["line"].as_u64().unwrap()))
+        .map(|x| {
+            (
+                Path::new(x["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned(),
+                x["line"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -70,12 +75,26 @@ fn planted(d: &Path) -> (Vec<String>, Vec<String>) {
     }
     let near_eval = changed2.join(" ");
     let train = vec![
-        /* 1 */ chat(&[("system", "Be helpful."), ("user", &words("alpha", 12)), ("assistant", &words("beta", 12))]),
-        /* 2 */ chat(&[("system", "be   HELPFUL."), ("user", &words("alpha", 12).to_uppercase()), ("assistant", &format!(" {} ", words("beta", 12)))]),
+        /* 1 */
+        chat(&[("system", "Be helpful."), ("user", &words("alpha", 12)), ("assistant", &words("beta", 12))]),
+        /* 2 */
+        chat(&[
+            ("system", "be   HELPFUL."),
+            ("user", &words("alpha", 12).to_uppercase()),
+            ("assistant", &format!(" {} ", words("beta", 12))),
+        ]),
         /* 3 */ "{\"messages\": [oops\n".to_string(),
         /* 4 */ chat(&[("user", &words("gamma", 10)), ("assistant", "  \n ")]),
-        /* 5 */ chat(&[("user", &words("delta", 10)), ("assistant", &words("eps", 10)), ("system", "late system"), ("user", &words("zeta", 6)), ("assistant", &words("eta", 6))]),
-        /* 6 */ chat(&[("user", &words("theta", 8)), ("user", &words("iota", 8)), ("assistant", &words("kappa", 8))]),
+        /* 5 */
+        chat(&[
+            ("user", &words("delta", 10)),
+            ("assistant", &words("eps", 10)),
+            ("system", "late system"),
+            ("user", &words("zeta", 6)),
+            ("assistant", &words("eta", 6)),
+        ]),
+        /* 6 */
+        chat(&[("user", &words("theta", 8)), ("user", &words("iota", 8)), ("assistant", &words("kappa", 8))]),
         /* 7 */ chat(&[("user", "Tell me a story."), ("assistant", &long)]),
         /* 8 */ chat(&[("user", "Tell me a story."), ("assistant", &near)]),
         /* 9 */ chat(&[("user", "What is the capital of France?"), ("assistant", &words("paris", 15))]),
@@ -113,7 +132,13 @@ fn lint_reports_every_planted_finding_at_its_line() {
         .iter()
         .map(|x| {
             let (f, l) = at(&json!([x]))[0].clone();
-            (f, l, x["turn"].as_u64().unwrap(), x["problem"].as_str().unwrap().to_string(), x["severity"].as_str().unwrap().to_string())
+            (
+                f,
+                l,
+                x["turn"].as_u64().unwrap(),
+                x["problem"].as_str().unwrap().to_string(),
+                x["severity"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     assert_eq!(
@@ -156,7 +181,10 @@ fn lint_reports_every_planted_finding_at_its_line() {
     assert_eq!((at(&json!([leaks[0]["eval"]])), leaks[0]["kind"].as_str()), (vec![e(1)], Some("exact")));
     assert_eq!(at(&leaks[0]["train"]), vec![t(12)]);
     assert_eq!((at(&json!([leaks[1]["eval"]])), leaks[1]["kind"].as_str()), (vec![e(2)], Some("near")));
-    let want: Vec<(String, u64)> = (1..=train.len() as u64).filter(|&l| l != 3 && l != 11 && jaccard(&eval[1], &train[l as usize - 1]) >= 0.8).map(t).collect();
+    let want: Vec<(String, u64)> = (1..=train.len() as u64)
+        .filter(|&l| l != 3 && l != 11 && jaccard(&eval[1], &train[l as usize - 1]) >= 0.8)
+        .map(t)
+        .collect();
     assert_eq!(want, vec![t(7)]);
     assert!(jaccard(&eval[1], &train[7]) > 0.6, "line 8 is close, but below the threshold");
     assert_eq!(at(&leaks[1]["train"]), want);
@@ -191,17 +219,33 @@ fn lint_reports_every_planted_finding_at_its_line() {
     }
     assert_eq!(s["truncated"], Value::Null, "no tokenizer, no truncation check");
     let files = r["files"].as_array().unwrap();
-    assert_eq!((files[0]["examples"].as_u64(), files[0]["lines"].as_u64(), files[0]["format"].as_str()), (Some(10), Some(12), Some("messages")));
+    assert_eq!(
+        (files[0]["examples"].as_u64(), files[0]["lines"].as_u64(), files[0]["format"].as_str()),
+        (Some(10), Some(12), Some("messages"))
+    );
     assert_eq!(files[0]["stats"]["turns"]["max"], 5);
     assert_eq!(files[0]["stats"]["turns"]["min"], 2);
 
     // The human summary names the file and line of each kind.
-    for needle in ["4 errors, 6 warnings", "train.jsonl:3: invalid JSON", "train.jsonl:4: turn 1 is empty", "train.jsonl:5: turn 2", "train.jsonl lines 1, 2", "train.jsonl lines 7, 8", "eval.jsonl:1 is an exact duplicate of", "train.jsonl:12", "train.jsonl line 9 | train.jsonl line 10"] {
+    for needle in [
+        "4 errors, 6 warnings",
+        "train.jsonl:3: invalid JSON",
+        "train.jsonl:4: turn 1 is empty",
+        "train.jsonl:5: turn 2",
+        "train.jsonl lines 1, 2",
+        "train.jsonl lines 7, 8",
+        "eval.jsonl:1 is an exact duplicate of",
+        "train.jsonl:12",
+        "train.jsonl line 9 | train.jsonl line 10",
+    ] {
         assert!(out.contains(needle), "stdout lacks {needle:?}:\n{out}");
     }
 
     // --strict: every warning is an error.
-    let o = common::loratune(d, &["data", "lint", "train.jsonl", "--eval", "eval.jsonl", "--strict", "--json", "strict.json"]);
+    let o = common::loratune(
+        d,
+        &["data", "lint", "train.jsonl", "--eval", "eval.jsonl", "--strict", "--json", "strict.json"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let s = read_json(&d.join("strict.json"))["summary"].clone();
     assert_eq!((s["errors"].as_u64(), s["warnings"].as_u64()), (Some(10), Some(0)));
@@ -217,7 +261,9 @@ fn lint_reports_every_planted_finding_at_its_line() {
 fn exit_codes_clean_data_and_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let clean: String = (0..5).map(|i| chat(&[("user", &words(&format!("q{i}x"), 8)), ("assistant", &words(&format!("a{i}x"), 8))])).collect();
+    let clean: String = (0..5)
+        .map(|i| chat(&[("user", &words(&format!("q{i}x"), 8)), ("assistant", &words(&format!("a{i}x"), 8))]))
+        .collect();
     common::write(&d.join("clean.jsonl"), &clean);
     let o = common::loratune(d, &["data", "lint", "clean.jsonl", "--json", "r.json"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", common::stdout(&o), common::stderr(&o));
@@ -244,7 +290,10 @@ fn exit_codes_clean_data_and_usage_errors() {
     common::write(&d.join("bad.jsonl"), "{\"id\": 1}\n");
     let o = common::loratune(d, &["data", "lint", "bad.jsonl", "--json", "bad.json"]);
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(at(&json!([{"file": "bad.jsonl", "line": read_json(&d.join("bad.json"))["file_errors"][0]["line"]}])), vec![("bad.jsonl".into(), 1)]);
+    assert_eq!(
+        at(&json!([{"file": "bad.jsonl", "line": read_json(&d.join("bad.json"))["file_errors"][0]["line"]}])),
+        vec![("bad.jsonl".into(), 1)]
+    );
 }
 
 #[test]
@@ -265,13 +314,23 @@ fn dedup_keeps_the_first_of_each_cluster_byte_for_byte() {
     common::write(&d.join("in.jsonl"), &lines.concat());
     let o = common::loratune(d, &["data", "dedup", "in.jsonl", "out.jsonl"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    assert!(common::stdout(&o).contains("removed 2 of 6 lines: 1 exact duplicate (lines 3), 1 near duplicate (J >= 0.8) (lines 5)"), "{}", common::stdout(&o));
+    assert!(
+        common::stdout(&o)
+            .contains("removed 2 of 6 lines: 1 exact duplicate (lines 3), 1 near duplicate (J >= 0.8) (lines 5)"),
+        "{}",
+        common::stdout(&o)
+    );
     let want: String = [0, 1, 3, 5].iter().map(|&i| lines[i].as_str()).collect();
     assert_eq!(std::fs::read(d.join("out.jsonl")).unwrap(), want.as_bytes());
     // The result lints without duplicates.
     let o = common::loratune(d, &["data", "lint", "out.jsonl", "--json", "r.json"]);
     let s = read_json(&d.join("r.json"))["summary"].clone();
-    assert_eq!((s["exact_duplicate_clusters"].as_u64(), s["near_duplicate_clusters"].as_u64()), (Some(0), Some(0)), "{}", common::stdout(&o));
+    assert_eq!(
+        (s["exact_duplicate_clusters"].as_u64(), s["near_duplicate_clusters"].as_u64()),
+        (Some(0), Some(0)),
+        "{}",
+        common::stdout(&o)
+    );
 
     let o = common::loratune(d, &["data", "dedup", "in.jsonl", "exact.jsonl", "--exact-only"]);
     assert!(common::stdout(&o).contains("removed 1 of 6 lines: 1 exact duplicate (lines 3)"), "{}", common::stdout(&o));
@@ -288,17 +347,35 @@ fn model_token_counts_match_the_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let lens = [3usize, 20, 45, 90, 150];
-    let mut lines: Vec<String> = lens.iter().map(|&n| chat(&[("user", "Please repeat after me."), ("assistant", &words("echo", n))])).collect();
+    let mut lines: Vec<String> =
+        lens.iter().map(|&n| chat(&[("user", "Please repeat after me."), ("assistant", &words("echo", n))])).collect();
     // A prompt longer than the limit on its own: no target token survives truncation.
     lines.push(chat(&[("user", &words("long", 120)), ("assistant", "ok")]));
     common::write(&d.join("t.jsonl"), &lines.concat());
     let max = 200;
-    let o = common::loratune(d, &["data", "lint", "t.jsonl", "--model", gguf.to_str().unwrap(), "--max-seq-len", &max.to_string(), "--json", "r.json"]);
+    let o = common::loratune(
+        d,
+        &[
+            "data",
+            "lint",
+            "t.jsonl",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--max-seq-len",
+            &max.to_string(),
+            "--json",
+            "r.json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "truncation is a warning\n{}{}", common::stdout(&o), common::stderr(&o));
     let r = read_json(&d.join("r.json"));
 
     // Count independently: the chat template's rendering, tokenized without added specials.
-    let tok = loratune::model::checkpoint::load_tokenizer(&loratune::model::ModelSource::parse(gguf.to_str().unwrap()).unwrap(), &loratune::model::hub::HubOptions::from_env()).unwrap();
+    let tok = loratune::model::checkpoint::load_tokenizer(
+        &loratune::model::ModelSource::parse(gguf.to_str().unwrap()).unwrap(),
+        &loratune::model::hub::HubOptions::from_env(),
+    )
+    .unwrap();
     let counts: Vec<usize> = lines
         .iter()
         .map(|l| {
@@ -307,9 +384,15 @@ fn model_token_counts_match_the_tokenizer() {
             tok.encode(&tok.render_chat(&msgs, false).unwrap(), false).unwrap().len()
         })
         .collect();
-    let want: Vec<(u64, u64)> = counts.iter().enumerate().filter(|(_, &c)| c > max).map(|(i, &c)| (i as u64 + 1, c as u64)).collect();
+    let want: Vec<(u64, u64)> =
+        counts.iter().enumerate().filter(|(_, &c)| c > max).map(|(i, &c)| (i as u64 + 1, c as u64)).collect();
     assert!(want.len() >= 2 && want.len() < lines.len(), "the lengths should straddle {max}: {counts:?}");
-    let got: Vec<(u64, u64)> = r["truncated"].as_array().unwrap().iter().map(|x| (x["line"].as_u64().unwrap(), x["tokens"].as_u64().unwrap())).collect();
+    let got: Vec<(u64, u64)> = r["truncated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["line"].as_u64().unwrap(), x["tokens"].as_u64().unwrap()))
+        .collect();
     assert_eq!(got, want);
     let last = r["truncated"].as_array().unwrap().last().unwrap();
     assert_eq!((last["line"].as_u64(), last["targets_kept"].as_u64()), (Some(6), Some(0)));
@@ -340,7 +423,8 @@ fn train_runs_the_lint_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let model = common::init_tiny(d, "tiny", &[]);
-    let good: String = (0..6).map(|i| chat(&[("user", &format!("say {i}")), ("assistant", &format!("{i} {i}"))])).collect();
+    let good: String =
+        (0..6).map(|i| chat(&[("user", &format!("say {i}")), ("assistant", &format!("{i} {i}"))])).collect();
     let with_empty = format!("{good}{}", chat(&[("user", "say nothing"), ("assistant", "")]));
 
     // An empty answer is a lint error: the run stops before loading the model.
@@ -370,7 +454,14 @@ fn train_runs_the_lint_first() {
     let o = common::loratune(d, &["train", "run.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let manifest = read_json(&d.join("run/run.json"));
-    assert_eq!((manifest["lint"]["bad_records"].as_u64(), manifest["lint"]["errors"].as_u64(), manifest["lint"]["warnings"].as_u64()), (Some(1), Some(0), Some(1)));
+    assert_eq!(
+        (
+            manifest["lint"]["bad_records"].as_u64(),
+            manifest["lint"]["errors"].as_u64(),
+            manifest["lint"]["warnings"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
     // ... and lint = "off" skips it.
     std::fs::remove_dir_all(d.join("run")).unwrap();
     train_config(d, &model, &with_empty, "lint = \"off\"");
@@ -385,7 +476,20 @@ fn shipped_configs_and_example_data_pass_the_default_lint() {
     let gguf = common::smollm2_gguf();
     let root = common::repo_root();
     // As configs/smollm2-135m-cpu.toml trains: its files, tokenizer and max_seq_len.
-    let o = common::loratune(&root, &["data", "lint", "examples/data/calendar-train.jsonl", "--eval", "examples/data/calendar-eval.jsonl", "--model", gguf.to_str().unwrap(), "--max-seq-len", "256"]);
+    let o = common::loratune(
+        &root,
+        &[
+            "data",
+            "lint",
+            "examples/data/calendar-train.jsonl",
+            "--eval",
+            "examples/data/calendar-eval.jsonl",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--max-seq-len",
+            "256",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}{}", common::stdout(&o), common::stderr(&o));
     let o = common::loratune(&root, &["data", "lint", "examples/data/calendar-sample.jsonl"]);
     assert_eq!(o.status.code(), Some(0), "{}", common::stdout(&o));

@@ -18,14 +18,21 @@ fn read_json(path: &Path) -> Value {
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The tiny model and 48 + 10 "shout the word" conversations; micro-batches of 4 with
 /// dropout on, so that each micro-batch's dropout masks must follow it to its rank.
 fn setup(d: &Path) {
     let model = common::init_tiny(d, "tiny", &[]);
-    let words = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon", "maple", "north", "olive", "pearl"];
+    let words = [
+        "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon",
+        "maple", "north", "olive", "pearl",
+    ];
     let line = |i: usize| {
         let w = format!("{}{}", words[i % 16], words[(i * 5 + 1) % 16]);
         common::shout_line(&w)
@@ -177,7 +184,22 @@ fn a_resume_continues_exactly_with_the_same_ranks_and_refuses_others() {
     // A constant rate after warmup: the 4-step run's schedule is then the 8-step run's.
     let constant = "train.lr_scheduler=\"constant\"";
     ok(&loratune(d, &["train", "run.toml", "--gpus", "2", "--set", "output.dir=\"whole\"", "--set", constant], &[]));
-    ok(&loratune(d, &["train", "run.toml", "--gpus", "2", "--set", "output.dir=\"part\"", "--set", "train.max_steps=4", "--set", constant], &[]));
+    ok(&loratune(
+        d,
+        &[
+            "train",
+            "run.toml",
+            "--gpus",
+            "2",
+            "--set",
+            "output.dir=\"part\"",
+            "--set",
+            "train.max_steps=4",
+            "--set",
+            constant,
+        ],
+        &[],
+    ));
 
     let o = loratune(d, &["train", "--resume", "part", "--set", "train.max_steps=8"], &[]);
     assert!(!o.status.success());
@@ -198,7 +220,12 @@ fn two_machines_meet_through_master_addr_and_port() {
     // Two launchers of one rank each, as on two machines, meeting at rank 0's port.
     let port = free_port().to_string();
     let node = |rank: &str| {
-        let env = [("NNODES", "2".to_string()), ("NODE_RANK", rank.to_string()), ("MASTER_ADDR", "127.0.0.1".to_string()), ("MASTER_PORT", port.clone())];
+        let env = [
+            ("NNODES", "2".to_string()),
+            ("NODE_RANK", rank.to_string()),
+            ("MASTER_ADDR", "127.0.0.1".to_string()),
+            ("MASTER_PORT", port.clone()),
+        ];
         spawn(d, &["train", "run.toml", "--gpus", "1", "--set", "output.dir=\"nodes\""], &env)
     };
     let (n1, n0) = (node("1"), node("0"));
@@ -235,7 +262,14 @@ fn ctrl_c_reaches_every_rank_once_and_the_run_resumes_to_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let long = ["--set", "train.max_steps=40", "--set", "train.lr_scheduler=\"constant\"", "--set", "output.checkpoint_every=0"];
+    let long = [
+        "--set",
+        "train.max_steps=40",
+        "--set",
+        "train.lr_scheduler=\"constant\"",
+        "--set",
+        "output.checkpoint_every=0",
+    ];
     let mut args = vec!["train", "run.toml", "--gpus", "2", "--set", "output.dir=\"whole\""];
     args.extend(long);
     ok(&loratune(d, &args, &[]));
@@ -287,7 +321,10 @@ fn a_rank_killed_mid_run_stops_the_group_and_the_last_checkpoint_resumes() {
     // SIGKILL rank 1, as the OOM killer or a dead GPU would end it.
     let rank1 = children_of(launcher.id())
         .into_iter()
-        .find(|pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == b"RANK=1")))
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == b"RANK=1"))
+        })
         .expect("rank 1 among the launcher's children");
     assert!(Command::new("kill").args(["-KILL", &rank1.to_string()]).status().unwrap().success());
     let out = launcher.wait_with_output().unwrap();
@@ -305,14 +342,32 @@ fn a_launcher_killed_outright_takes_its_ranks_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     setup(d);
-    let mut launcher = spawn(d, &["train", "run.toml", "--gpus", "2", "--set", "train.max_steps=100000", "--set", "eval.every=0", "--set", "output.checkpoint_every=0"], &[]);
+    let mut launcher = spawn(
+        d,
+        &[
+            "train",
+            "run.toml",
+            "--gpus",
+            "2",
+            "--set",
+            "train.max_steps=100000",
+            "--set",
+            "eval.every=0",
+            "--set",
+            "output.checkpoint_every=0",
+        ],
+        &[],
+    );
     wait_for(&d.join("run/run.json"), &mut launcher);
     let ranks = children_of(launcher.id());
     assert_eq!(ranks.len(), 2, "two ranks under the launcher");
     launcher.kill().unwrap(); // SIGKILL: no chance to pass anything on
     launcher.wait().unwrap();
     // A process that is gone, or a zombie waiting for a reaper, no longer runs.
-    let running = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    };
     let start = std::time::Instant::now();
     while ranks.iter().any(running) {
         assert!(start.elapsed().as_secs() < 20, "ranks {ranks:?} still run after their launcher was killed");

@@ -62,7 +62,9 @@ fn greedy_output_equals_transformers() {
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let m = if case["model"] == "smollm2" { &smol } else { &tiny };
-        let adapter = case["adapter"].as_str().map(|a| load_adapter(&common::repo_root().join(a), &m.model.config, &Device::Cpu).unwrap());
+        let adapter = case["adapter"]
+            .as_str()
+            .map(|a| load_adapter(&common::repo_root().join(a), &m.model.config, &Device::Cpu).unwrap());
         let gen = Generator::new(&m.model, adapter.as_ref(), &m.tokenizer, &ids_of(&case["eos_token_ids"]));
         let prompt = ids_of(&case["prompt_ids"]);
         if let Some(messages) = case.get("messages") {
@@ -71,7 +73,8 @@ fn greedy_output_equals_transformers() {
         }
         let want = ids_of(&case["output_ids"]);
         let stops = case["stopped_on_eos"].as_bool().unwrap_or(false);
-        let opts = GenerateOptions { max_new_tokens: want.len(), sampling: SamplingParams::default(), ignore_eos: !stops };
+        let opts =
+            GenerateOptions { max_new_tokens: want.len(), sampling: SamplingParams::default(), ignore_eos: !stops };
         let mut streamed = String::new();
         let g = gen.generate(&prompt, &opts, |s| streamed.push_str(s)).unwrap();
         eprintln!("{name}: {:?}", g.text);
@@ -90,7 +93,29 @@ fn sampling_is_seeded_and_batch_mode_writes_jsonl() {
     let model_dir = common::init_tiny(dir.path(), "tiny", &[]);
     let m = model_dir.to_str().unwrap();
     let sample = |seed: &str| {
-        let o = common::loratune(dir.path(), &["generate", "--model", m, "--prompt", "hello", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95", "--seed", seed, "--max-new-tokens", "12", "--ignore-eos", "--device", "cpu"]);
+        let o = common::loratune(
+            dir.path(),
+            &[
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "hello",
+                "--temperature",
+                "1.0",
+                "--top-k",
+                "50",
+                "--top-p",
+                "0.95",
+                "--seed",
+                seed,
+                "--max-new-tokens",
+                "12",
+                "--ignore-eos",
+                "--device",
+                "cpu",
+            ],
+        );
         assert!(o.status.success(), "{}", common::stderr(&o));
         common::stdout(&o)
     };
@@ -108,21 +133,42 @@ fn sampling_is_seeded_and_batch_mode_writes_jsonl() {
         ),
     );
     let out = dir.path().join("gen.jsonl");
-    let o = common::loratune(dir.path(), &["generate", "--model", m, "--data", prompts.to_str().unwrap(), "--max-new-tokens", "5", "--out", out.to_str().unwrap(), "--device", "cpu"]);
+    let o = common::loratune(
+        dir.path(),
+        &[
+            "generate",
+            "--model",
+            m,
+            "--data",
+            prompts.to_str().unwrap(),
+            "--max-new-tokens",
+            "5",
+            "--out",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.iter().map(|r| r["line"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3, 4]);
     assert_eq!(rows[1]["reference"], "ref");
     assert_eq!(rows[1]["prompt"], "a");
     assert_eq!(rows[2]["messages"][0]["content"], "be brief");
     for r in &rows {
         assert!(r["tokens"].as_u64().unwrap() >= 1 && r["tokens"].as_u64().unwrap() <= 5, "{r}");
-        assert!(r["seconds"].as_f64().unwrap() > 0.0 && r["output"].is_string() && r["prompt_tokens"].as_u64().unwrap() > 3);
+        assert!(
+            r["seconds"].as_f64().unwrap() > 0.0 && r["output"].is_string() && r["prompt_tokens"].as_u64().unwrap() > 3
+        );
     }
 
     // A bad line stops before the model loads, naming file and line.
     common::write(&prompts, "{\"prompt\": \"ok\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}, {\"role\": \"assistant\", \"content\": \"z\"}]}\n");
-    let o = common::loratune(dir.path(), &["generate", "--model", m, "--data", prompts.to_str().unwrap(), "--device", "cpu"]);
+    let o = common::loratune(
+        dir.path(),
+        &["generate", "--model", m, "--data", prompts.to_str().unwrap(), "--device", "cpu"],
+    );
     let err = common::stderr(&o);
     assert!(!o.status.success() && err.contains("prompts.jsonl:2") && err.contains("user turn"), "{err}");
 }

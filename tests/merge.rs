@@ -31,7 +31,15 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn merge(cwd: &Path, model: &Path, adapter: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["merge", "--model", model.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "merge",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     common::loratune(cwd, &args)
 }
@@ -51,27 +59,38 @@ fn tiny_merge_equals_base_plus_adapter_from_safetensors_and_gguf() {
     let o = merge(dir.path(), &base_dir, &adapter_dir, &out, &["--max-shard-size", "100KB"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains("merged       14 of 21 tensors"), "{}", common::stdout(&o));
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
-    let shards: std::collections::BTreeSet<&str> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let shards: std::collections::BTreeSet<&str> =
+        index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
     assert!(shards.len() > 1, "{shards:?}");
     for s in &shards {
         assert!(out.join(s).is_file(), "{s}");
     }
-    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "loratune_merge.json"] {
+    for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "loratune_merge.json"]
+    {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("loratune_merge.json")).unwrap()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("loratune_merge.json")).unwrap()).unwrap();
     assert_eq!(record["merged_tensors"], 14);
     assert_eq!(record["scaling"], 4.0);
     assert_eq!(record["adapter_sha256"].as_str().unwrap().len(), 64);
     // No staging folder is left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
     let merged = load(&out);
     assert_eq!(merged.model.config, base.model.config);
     let messages = [loratune::chat::Message::new(loratune::chat::Role::User, "hi")];
-    assert_eq!(merged.tokenizer.render_chat(&messages, true).unwrap(), base.tokenizer.render_chat(&messages, true).unwrap());
+    assert_eq!(
+        merged.tokenizer.render_chat(&messages, true).unwrap(),
+        base.tokenizer.render_chat(&messages, true).unwrap()
+    );
 
     let ids: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 300).collect();
     let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
@@ -88,7 +107,8 @@ fn tiny_merge_equals_base_plus_adapter_from_safetensors_and_gguf() {
     let o = merge(dir.path(), &gguf, &adapter_dir, &out_gguf, &[]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let from_gguf = load(&out_gguf);
-    let diff = max_abs_diff(&from_gguf.model.forward(&input, &mask).unwrap(), &merged.model.forward(&input, &mask).unwrap());
+    let diff =
+        max_abs_diff(&from_gguf.model.forward(&input, &mask).unwrap(), &merged.model.forward(&input, &mask).unwrap());
     assert!(diff < 1e-5, "GGUF and safetensors bases merge differently: {diff}");
 }
 
@@ -106,13 +126,19 @@ fn smollm2_gguf_merge_equals_base_plus_adapter() {
     assert!(out.join("model-00001-of-00003.safetensors").is_file());
     // Streaming: the process never held the 513 MiB of merged weights at once.
     let stdout = common::stdout(&o);
-    let peak: f64 = stdout.split("peak memory ").nth(1).and_then(|r| r.split(' ').next()).and_then(|x| x.parse().ok()).expect("peak memory printed");
+    let peak: f64 = stdout
+        .split("peak memory ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|x| x.parse().ok())
+        .expect("peak memory printed");
     assert!(peak < 480.0, "peak resident memory {peak} MiB: the merge did not stream");
 
     let base = load(&gguf);
     let merged = load(&out);
     let adapter = lora::load_adapter(&adapter_dir, &base.model.config, &Device::Cpu).unwrap();
-    let messages = [loratune::chat::Message::new(loratune::chat::Role::User, "Plan a meeting with Ana on Friday at 3pm.")];
+    let messages =
+        [loratune::chat::Message::new(loratune::chat::Role::User, "Plan a meeting with Ana on Friday at 3pm.")];
     let text = base.tokenizer.render_chat(&messages, true).unwrap();
     assert_eq!(merged.tokenizer.render_chat(&messages, true).unwrap(), text, "chat template carried over");
     let ids = base.tokenizer.encode(&text, false).unwrap();
@@ -122,7 +148,10 @@ fn smollm2_gguf_merge_equals_base_plus_adapter() {
     let unmerged = all_logits(&base.model, Some(&adapter), &ids).unwrap();
     let diff = max_abs_diff(&all_logits(&merged.model, None, &ids).unwrap(), &unmerged);
     let effect = max_abs_diff(&base.model.forward(&input, &mask).unwrap(), &unmerged);
-    eprintln!("SmolLM2 ({} tokens): merged vs base+adapter max |dlogit| {diff:.2e}; adapter effect {effect:.2}", ids.len());
+    eprintln!(
+        "SmolLM2 ({} tokens): merged vs base+adapter max |dlogit| {diff:.2e}; adapter effect {effect:.2}",
+        ids.len()
+    );
     assert!(diff < 1e-4, "merged logits differ from base + adapter by {diff}");
     assert!(effect > 0.1, "the adapter should change the logits ({effect})");
 }
@@ -136,7 +165,10 @@ fn mismatched_adapters_and_existing_outputs_are_refused() {
     let o = merge(dir.path(), &base_dir, &smol_adapter, &dir.path().join("x"), &[]);
     let err = common::stderr(&o);
     assert!(!o.status.success());
-    assert!(err.contains("layers.0.self_attn.q_proj.lora_A.weight") && err.contains("[4, 576]") && err.contains("[4, 64]"), "{err}");
+    assert!(
+        err.contains("layers.0.self_attn.q_proj.lora_A.weight") && err.contains("[4, 576]") && err.contains("[4, 64]"),
+        "{err}"
+    );
     assert!(!dir.path().join("x").exists(), "nothing is written on error");
 
     let adapter_dir = dir.path().join("adapter");

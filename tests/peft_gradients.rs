@@ -15,7 +15,11 @@ use loratune::train::step::{forward_backward, LoraGrads, StepOptions, TrainBatch
 use rand::SeedableRng;
 
 fn rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
-    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect()
 }
 
 #[test]
@@ -47,8 +51,11 @@ fn smollm2_lora_gradients_match_peft() {
 
     let mut grads = LoraGrads::zeros(&lora).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let step_opts = StepOptions { gradient_checkpointing: false, checkpoint_layers: None, dropout: 0.0, profiler: None };
-    let stats = forward_backward(&loaded.model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads).unwrap();
+    let step_opts =
+        StepOptions { gradient_checkpointing: false, checkpoint_layers: None, dropout: 0.0, profiler: None };
+    let stats =
+        forward_backward(&loaded.model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads)
+            .unwrap();
     let loss = stats.nll_sum / batch.num_targets as f64;
     let peft_loss = case["loss_f64"].as_f64().unwrap();
     eprintln!("loss: loratune {loss:.7}, PEFT {peft_loss:.7}");

@@ -12,7 +12,7 @@ use loratune::encode::EncodedExample;
 use loratune::lora::{LoraSpec, LoraWeights, Target};
 use loratune::model::hub::HubOptions;
 use loratune::model::quantized::{Quantize, Weight};
-use loratune::model::{self, LoadOptions, Llama, ModelSource};
+use loratune::model::{self, Llama, LoadOptions, ModelSource};
 use loratune::train::step::{forward_backward, LoraGrads, StepOptions, TrainBatch};
 use rand::SeedableRng;
 use std::path::Path;
@@ -32,13 +32,21 @@ fn step(m: &Llama, ids: &[Vec<u32>]) -> (f64, Vec<Tensor>) {
     let spec = LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
     let mut lora = LoraWeights::init(&spec, &m.config, 3, &Device::Cpu).unwrap();
     // Fixed, spread values (B != 0, so both gradients are nonzero).
-    let fixed: Vec<Tensor> = lora.tensors().iter().enumerate().map(|(i, t)| {
-        let n = t.elem_count();
-        let v: Vec<f32> = (0..n).map(|j| (((i * 7919 + j * 104729) % 2003) as f32 / 2003.0 - 0.5) * 0.04).collect();
-        Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
-    }).collect();
+    let fixed: Vec<Tensor> = lora
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let n = t.elem_count();
+            let v: Vec<f32> = (0..n).map(|j| (((i * 7919 + j * 104729) % 2003) as f32 / 2003.0 - 0.5) * 0.04).collect();
+            Tensor::from_vec(v, t.dims(), &Device::Cpu).unwrap()
+        })
+        .collect();
     lora.set_tensors(fixed.into_iter());
-    let examples: Vec<EncodedExample> = ids.iter().map(|r| EncodedExample { target_mask: vec![1; r.len()], input_ids: r.clone(), truncated: false }).collect();
+    let examples: Vec<EncodedExample> = ids
+        .iter()
+        .map(|r| EncodedExample { target_mask: vec![1; r.len()], input_ids: r.clone(), truncated: false })
+        .collect();
     let rows: Vec<Vec<&EncodedExample>> = examples.iter().map(|e| vec![e]).collect();
     let batch = TrainBatch::new(&rows, 0, &Device::Cpu).unwrap();
     let mut grads = LoraGrads::zeros(&lora).unwrap();
@@ -67,10 +75,14 @@ fn smollm2_q4_1_blocks_train_like_the_dequantized_model() {
         let (a, b) = (a.weight.dense().unwrap(), b.weight.dense().unwrap());
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
     }
-    let ids: Vec<Vec<u32>> = (0..2).map(|r| (0..40).map(|j| ((r * 977 + j * 131) % 49000 + 17) as u32).collect()).collect();
+    let ids: Vec<Vec<u32>> =
+        (0..2).map(|r| (0..40).map(|j| ((r * 977 + j * 131) % 49000 + 17) as u32).collect()).collect();
     let (loss_d, grads_d) = step(&dense, &ids);
     let (loss_q, grads_q) = step(&q, &ids);
-    eprintln!("SmolLM2 step: dense {loss_d:.6}, Q4_1 blocks {loss_q:.6}; gradients differ by {:.1e} (relative)", rel(&grads_q, &grads_d));
+    eprintln!(
+        "SmolLM2 step: dense {loss_d:.6}, Q4_1 blocks {loss_q:.6}; gradients differ by {:.1e} (relative)",
+        rel(&grads_q, &grads_d)
+    );
     assert!((loss_q - loss_d).abs() < 1e-6 * loss_d, "{loss_q} vs {loss_d}");
     assert!(rel(&grads_q, &grads_d) < 1e-5);
 }
@@ -88,7 +100,10 @@ fn quantizing_at_load_stays_within_quantization_error() {
     let (loss_d, grads_d) = step(&dense, &ids);
     let (loss_q, grads_q) = step(&q, &ids);
     let loss_rel = (loss_q - loss_d).abs() / loss_d;
-    eprintln!("tiny step: dense {loss_d:.6}, q8_0 {loss_q:.6} ({loss_rel:.1e} relative); gradients {:.1e}", rel(&grads_q, &grads_d));
+    eprintln!(
+        "tiny step: dense {loss_d:.6}, q8_0 {loss_q:.6} ({loss_rel:.1e} relative); gradients {:.1e}",
+        rel(&grads_q, &grads_d)
+    );
     assert!(loss_rel < 1e-2 && loss_rel > 0.0, "{loss_rel}");
     // The tiny preset's large random weights amplify the 0.4% per-value error of Q8_0.
     assert!(rel(&grads_q, &grads_d) < 5e-2);

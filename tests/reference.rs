@@ -15,7 +15,8 @@ use loratune::model::{self, LoadOptions, LoadedModel, ModelSource};
 const LOSS_TOL: f64 = 1e-4;
 
 fn offline_opts() -> LoadOptions {
-    let hub = HubOptions { cache_dir: std::env::temp_dir().join("loratune-no-hub"), offline: true, revision: "main".into() };
+    let hub =
+        HubOptions { cache_dir: std::env::temp_dir().join("loratune-no-hub"), offline: true, revision: "main".into() };
     LoadOptions::for_device(Device::Cpu, hub)
 }
 
@@ -61,7 +62,8 @@ fn check_against_fixture(loaded: &LoadedModel, fixture: &serde_json::Value) {
         if let Record::Conversation(messages) = &record {
             let rendered = tok.chat_template.as_ref().unwrap().render(messages, false).unwrap();
             if rendered != case["rendered"].as_str().unwrap() {
-                problems.push(format!("{name}: rendered chat differs:\n ours {rendered:?}\n ref  {:?}", case["rendered"]));
+                problems
+                    .push(format!("{name}: rendered chat differs:\n ours {rendered:?}\n ref  {:?}", case["rendered"]));
             }
         }
         let enc = encode(tok, &record, 100_000).unwrap();
@@ -80,7 +82,11 @@ fn check_against_fixture(loaded: &LoadedModel, fixture: &serde_json::Value) {
         assert_eq!(s.target_tokens as u64, case["n_targets"].as_u64().unwrap(), "{name}: target count");
         max_diff = max_diff.max((s.loss - want).abs());
         if (s.loss - want).abs() > LOSS_TOL {
-            problems.push(format!("{name}: loss {} vs transformers {want} (diff {:.2e})", s.loss, (s.loss - want).abs()));
+            problems.push(format!(
+                "{name}: loss {} vs transformers {want} (diff {:.2e})",
+                s.loss,
+                (s.loss - want).abs()
+            ));
         }
         all.push(enc);
     }
@@ -90,7 +96,9 @@ fn check_against_fixture(loaded: &LoadedModel, fixture: &serde_json::Value) {
     let want = fixture["batch_loss"].as_f64().unwrap();
     eprintln!(
         "{}: {} cases, max |loss - transformers| = {max_diff:.2e}, batched diff = {:.2e}",
-        fixture["model"], all.len(), (s.loss - want).abs()
+        fixture["model"],
+        all.len(),
+        (s.loss - want).abs()
     );
     assert!((s.loss - want).abs() <= LOSS_TOL, "batched loss {} vs transformers {want}", s.loss);
 }

@@ -30,7 +30,9 @@ fn trained_run(d: &Path) -> PathBuf {
     };
     common::write(&d.join("train.jsonl"), &(0..32).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(32..38).map(line).collect::<String>());
-    let echo = |i: usize| format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Say {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{w}\"}}]}}\n", w = word(i));
+    let echo = |i: usize| {
+        format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Say {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{w}\"}}]}}\n", w = word(i))
+    };
     common::write(&d.join("keep-skills.jsonl"), &(40..46).map(echo).collect::<String>());
     common::write(
         &d.join("run.toml"),
@@ -75,7 +77,8 @@ name = "cpu"
 /// The Markdown table row whose first cell is `first`, as cells.
 fn md_row(md: &str, first: &str) -> Vec<String> {
     let prefix = format!("| {first} |");
-    let line = md.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no row \"{first}\" in report.md:\n{md}"));
+    let line =
+        md.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no row \"{first}\" in report.md:\n{md}"));
     line.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect()
 }
 
@@ -134,16 +137,34 @@ fn near(p: [u8; 3], c: (u8, u8, u8), tolerance: i32) -> bool {
 /// Renders `html` with headless Chromium into `png`.
 fn screenshot(html: &Path, png: &Path, profile: &Path) {
     let chromium = Path::new("/usr/bin/chromium");
-    assert!(chromium.is_file(), "/usr/bin/chromium is missing: run scripts/setup-tests.sh (it installs Debian's chromium and chromium-driver)");
+    assert!(
+        chromium.is_file(),
+        "/usr/bin/chromium is missing: run scripts/setup-tests.sh (it installs Debian's chromium and chromium-driver)"
+    );
     let o = std::process::Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("--window-size=1280,2000")
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", html.display()))
         .output()
         .expect("run chromium");
-    assert!(o.status.success() && png.is_file(), "chromium failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success() && png.is_file(),
+        "chromium failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -179,7 +200,13 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     for name in ["base", "best", "final"] {
         let loss = eval[name]["loss"].as_f64().unwrap();
         let row = md_row(&md, name);
-        let expected = [name.to_string(), eval[name]["step"].to_string(), format!("{loss:.4}"), format!("{:.3}", loss.exp()), format!("{:+.2}%", 100.0 * (loss - base) / base)];
+        let expected = [
+            name.to_string(),
+            eval[name]["step"].to_string(),
+            format!("{loss:.4}"),
+            format!("{:.3}", loss.exp()),
+            format!("{:+.2}%", 100.0 * (loss - base) / base),
+        ];
         assert_eq!(row, expected, "{name} row");
         for cell in &expected[1..] {
             assert!(html.contains(&format!("<td class=\"num\">{cell}</td>")), "{name}: {cell} not in the HTML table");
@@ -188,12 +215,14 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     assert_eq!(eval["final"]["step"], 8);
 
     // Training totals against metrics.jsonl.
-    let metrics: Vec<Value> = read(&run.join("metrics.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let metrics: Vec<Value> =
+        read(&run.join("metrics.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let steps: Vec<&Value> = metrics.iter().filter(|m| m["loss"].is_number()).collect();
     assert_eq!(steps.len(), 8);
     let tokens: u64 = steps.iter().map(|m| m["tokens"].as_u64().unwrap()).sum();
     assert_eq!(md_row(&md, "tokens seen")[1].replace(',', "").parse::<u64>().unwrap(), tokens);
-    let step_seconds: f64 = steps.iter().map(|m| m["tokens"].as_f64().unwrap() / m["tokens_per_s"].as_f64().unwrap()).sum();
+    let step_seconds: f64 =
+        steps.iter().map(|m| m["tokens"].as_f64().unwrap() / m["tokens_per_s"].as_f64().unwrap()).sum();
     assert_eq!(md_row(&md, "mean tokens/s (in training steps)")[1], format!("{:.1}", tokens as f64 / step_seconds));
     assert_eq!(md_row(&md, "last train loss")[1], format!("{:.4}", steps[7]["loss"].as_f64().unwrap()));
     assert_eq!(md_row(&md, "steps")[1], "8 of 8");
@@ -206,18 +235,30 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     let verdict = if r["forgetting"].as_bool().unwrap() { "FORGETTING" } else { "ok" };
     assert_eq!(
         md_row(&md, "keep-skills.jsonl"),
-        ["keep-skills.jsonl".to_string(), "6".into(), format!("{rb:.4}"), format!("{rt:.4}"), format!("{:+.2}%", 100.0 * (rt - rb) / rb), "5.00%".into(), verdict.into()]
+        [
+            "keep-skills.jsonl".to_string(),
+            "6".into(),
+            format!("{rb:.4}"),
+            format!("{rt:.4}"),
+            format!("{:+.2}%", 100.0 * (rt - rb) / rb),
+            "5.00%".into(),
+            verdict.into()
+        ]
     );
     let g = &eval["generation"];
     let (fb, ft) = (g["base"]["token_f1"].as_f64().unwrap(), g["tuned"]["token_f1"].as_f64().unwrap());
-    assert_eq!(md_row(&md, "token F1"), ["token F1".to_string(), format!("{fb:.3}"), format!("{ft:.3}"), format!("{:+.3}", ft - fb)]);
+    assert_eq!(
+        md_row(&md, "token F1"),
+        ["token F1".to_string(), format!("{fb:.3}"), format!("{ft:.3}"), format!("{:+.3}", ft - fb)]
+    );
     assert_eq!(md_row(&md, "valid JSON"), ["valid JSON", "n/a", "n/a", "n/a"], "references are not JSON");
     let lint = &read_json(&run.join("run.json"))["lint"];
     assert_eq!(md_row(&md, "examples"), ["examples".to_string(), lint["examples"].to_string()]);
     assert_eq!(lint["examples"], 38);
     assert_eq!(md_row(&md, "errors"), ["errors", "0"]);
     assert!(md.contains("[lint.json](lint.json)") && html.contains("<code>lint.json</code>"));
-    let samples: Vec<Value> = read(&run.join("samples.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let samples: Vec<Value> =
+        read(&run.join("samples.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(samples.len(), 2);
     assert!(md.contains("### Sample 1 (eval file line 1)") && md.contains("### Sample 2 (eval file line 2)"), "{md}");
     for s in &samples {
@@ -231,7 +272,10 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let md = read(&run.join("report.md"));
     let html = read(&run.join("report.html"));
-    assert_eq!(md_row(&md, "keep-skills.jsonl"), ["keep-skills.jsonl", "12", "1.2000", "1.5000", "+25.00%", "10.00%", "FORGETTING"]);
+    assert_eq!(
+        md_row(&md, "keep-skills.jsonl"),
+        ["keep-skills.jsonl", "12", "1.2000", "1.5000", "+25.00%", "10.00%", "FORGETTING"]
+    );
     assert!(md.contains("> **Warning.** Forgetting:"), "no forgetting warning in report.md");
     assert!(html.contains("<div class=\"warning\">Forgetting:"), "no forgetting warning in report.html");
 
@@ -239,7 +283,10 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     assert!(html.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt;"), "sample not escaped");
     assert!(html.contains("Shout &lt;b&gt;bold&lt;&#x2f;b&gt; &amp; &quot;quoted&quot; &#x27;single&#x27;"));
     assert!(html.contains("a | b\nsecond line\n```\nnot the end of a block"));
-    assert!(md.contains("````text\na | b\nsecond line\n```\nnot the end of a block\n````\n"), "tuned sample not fenced safely:\n{md}");
+    assert!(
+        md.contains("````text\na | b\nsecond line\n```\nnot the end of a block\n````\n"),
+        "tuned sample not fenced safely:\n{md}"
+    );
     assert!(md.contains("### Sample 2 (eval file line 5)") && md.contains("**Reference**\n\n```text\n(none)\n```"));
 
     // Config verbatim; the manifest pretty-printed.
@@ -252,7 +299,11 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     for banned in ["<script", "<link", "<img", "<iframe", "<object", "<embed", "src=", "href=", "url(", "@import"] {
         assert!(!lower.contains(banned), "report.html contains {banned}");
     }
-    assert_eq!(lower.matches("http").count(), lower.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(), "a URL other than the SVG namespace");
+    assert_eq!(
+        lower.matches("http").count(),
+        lower.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(),
+        "a URL other than the SVG namespace"
+    );
     // The plots are inlined as written beside the reports, and linked from the Markdown.
     let loss_svg = read(&run.join("loss.svg"));
     assert!(html.contains(&loss_svg) && html.contains(&read(&run.join("lr.svg"))));
@@ -265,7 +316,8 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     screenshot(&run.join("report.html").canonicalize().unwrap(), &png, &d.join("chromium-profile"));
     let (w, h, pixels) = decode_png(&png);
     assert_eq!((w, h), (1280, 2000));
-    let train_line = pixels.iter().filter(|&&p| near(p, (SMOOTHED_COLOR.0, SMOOTHED_COLOR.1, SMOOTHED_COLOR.2), 12)).count();
+    let train_line =
+        pixels.iter().filter(|&&p| near(p, (SMOOTHED_COLOR.0, SMOOTHED_COLOR.1, SMOOTHED_COLOR.2), 12)).count();
     let eval_line = pixels.iter().filter(|&&p| near(p, (EVAL_COLOR.0, EVAL_COLOR.1, EVAL_COLOR.2), 12)).count();
     let not_white = pixels.iter().filter(|&&p| !near(p, (255, 255, 255), 8)).count();
     println!("screenshot: {train_line} pixels of the train-loss colour, {eval_line} of the eval-loss colour, {not_white} not white");
@@ -285,7 +337,8 @@ fn report_of_a_trained_run_matches_its_files_and_renders_in_chromium() {
     let png = d.join("control.png");
     screenshot(&control.canonicalize().unwrap(), &png, &d.join("chromium-profile"));
     let (_, _, pixels) = decode_png(&png);
-    let train_line = pixels.iter().filter(|&&p| near(p, (SMOOTHED_COLOR.0, SMOOTHED_COLOR.1, SMOOTHED_COLOR.2), 12)).count();
+    let train_line =
+        pixels.iter().filter(|&&p| near(p, (SMOOTHED_COLOR.0, SMOOTHED_COLOR.1, SMOOTHED_COLOR.2), 12)).count();
     assert_eq!(train_line, 0, "the train-loss colour appears without the plot");
 }
 
@@ -299,8 +352,13 @@ fn report_refuses_folders_that_are_not_runs_and_names_bad_lines() {
     let e = common::stderr(&o);
     assert!(e.contains("empty/run.json") && e.contains("loratune train` output folder"), "{e}");
 
-    std::fs::write(d.join("empty/run.json"), r#"{"status": "completed", "steps_completed": 1, "total_steps": 1}"#).unwrap();
-    std::fs::write(d.join("empty/metrics.jsonl"), "{\"step\": 1, \"loss\": 2.0, \"elapsed_s\": 1}\n{\"step\": 2, \"loss\": 2.0\n").unwrap();
+    std::fs::write(d.join("empty/run.json"), r#"{"status": "completed", "steps_completed": 1, "total_steps": 1}"#)
+        .unwrap();
+    std::fs::write(
+        d.join("empty/metrics.jsonl"),
+        "{\"step\": 1, \"loss\": 2.0, \"elapsed_s\": 1}\n{\"step\": 2, \"loss\": 2.0\n",
+    )
+    .unwrap();
     let o = common::loratune(d, &["report", "empty"]);
     assert!(!o.status.success());
     let e = common::stderr(&o);

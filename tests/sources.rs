@@ -10,7 +10,10 @@ use loratune::model::{self, LoadOptions, ModelSource};
 use std::path::Path;
 
 fn opts(cache: &Path) -> LoadOptions {
-    LoadOptions::for_device(Device::Cpu, HubOptions { cache_dir: cache.to_path_buf(), offline: true, revision: "main".into() })
+    LoadOptions::for_device(
+        Device::Cpu,
+        HubOptions { cache_dir: cache.to_path_buf(), offline: true, revision: "main".into() },
+    )
 }
 
 fn logits(source: ModelSource, cache: &Path) -> Vec<f32> {
@@ -46,10 +49,19 @@ fn hf_folder_sharded_hub_cache_and_gguf_give_identical_logits() {
     let hf = common::init_tiny(d, "tiny", &["--gguf", gguf.to_str().unwrap()]);
     // Same seed, small shards: must be the same weights split over several files.
     let sharded_out = d.join("sharded");
-    let o = common::loratune(d, &["init-model", "--preset", "tiny", "--out", sharded_out.to_str().unwrap(), "--max-shard-size", "64KiB"]);
+    let o = common::loratune(
+        d,
+        &["init-model", "--preset", "tiny", "--out", sharded_out.to_str().unwrap(), "--max-shard-size", "64KiB"],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(sharded_out.join("model.safetensors.index.json").is_file());
-    assert!(std::fs::read_dir(&sharded_out).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-0")).count() > 2);
+    assert!(
+        std::fs::read_dir(&sharded_out)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-0"))
+            .count()
+            > 2
+    );
     let cache = d.join("hub");
     build_hub_cache(&hf, &cache, "loratune-tests/tiny");
 
@@ -68,7 +80,12 @@ fn hub_id_not_cached_while_offline_is_a_clear_error() {
     let o = common::loratune(dir.path(), &["eval", "--model", "meta-llama/Llama-2-7b-hf", "--data", "x.jsonl"]);
     let err = common::stderr(&o);
     assert!(!o.status.success());
-    assert!(err.contains("meta-llama/Llama-2-7b-hf") && err.contains("not in the local hub cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(
+        err.contains("meta-llama/Llama-2-7b-hf")
+            && err.contains("not in the local hub cache")
+            && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -77,7 +94,8 @@ fn init_model_takes_tokenizer_and_template_from_another_model() {
     let d = dir.path();
     let gguf = common::smollm2_gguf();
     let out = common::init_tiny(d, "tiny", &["--tokenizer", gguf.to_str().unwrap()]);
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["vocab_size"], 49152, "vocabulary sized to the tokenizer");
     assert_eq!(config["eos_token_id"], 2);
     let loaded = model::load(&ModelSource::HfDir(out), &opts(&d.join("hub"))).unwrap();

@@ -18,7 +18,11 @@ fn read_json(path: &Path) -> Value {
 
 /// metrics.jsonl as one JSON value per line.
 fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn sha256_hex(path: &Path) -> String {
@@ -29,7 +33,10 @@ fn sha256_hex(path: &Path) -> String {
 /// training conversations, 8 held out. Returns the config path.
 fn setup(d: &Path, steps: usize, extra: &str) -> PathBuf {
     let model = common::init_tiny(d, "tiny", &[]);
-    let words = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon", "maple", "north", "olive", "pearl"];
+    let words = [
+        "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon",
+        "maple", "north", "olive", "pearl",
+    ];
     let line = |i: usize| {
         let w = format!("{}{}", words[i % 16], words[(i * 7 + 3) % 16]);
         common::shout_line(&w)
@@ -104,13 +111,20 @@ fn run_writes_a_peft_adapter_metrics_eval_report_and_manifest() {
     assert_eq!(cfg["lora_dropout"], 0.1);
     assert_eq!(cfg["bias"], "none");
     assert_eq!(cfg["use_rslora"], false);
-    let mut targets: Vec<&str> = cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let mut targets: Vec<&str> =
+        cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     targets.sort();
     assert_eq!(targets, ["gate_proj", "k_proj", "o_proj", "q_proj", "v_proj"]);
     let bytes = std::fs::read(run.join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // tiny: 2 layers, hidden 64, 4 heads of 16, 2 kv heads, MLP 176 wide.
-    let shapes = [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 64, 32), ("self_attn.v_proj", 64, 32), ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 64, 176)];
+    let shapes = [
+        ("self_attn.q_proj", 64, 64),
+        ("self_attn.k_proj", 64, 32),
+        ("self_attn.v_proj", 64, 32),
+        ("self_attn.o_proj", 64, 64),
+        ("mlp.gate_proj", 64, 176),
+    ];
     assert_eq!(st.names().len(), 2 * shapes.len() * 2);
     for l in 0..2 {
         for (m, inp, out) in shapes {
@@ -120,7 +134,10 @@ fn run_writes_a_peft_adapter_metrics_eval_report_and_manifest() {
             assert_eq!(b.shape(), [out, 4], "{m} B");
             assert_eq!(a.dtype(), safetensors::Dtype::F32);
             // B starts at zero; after 12 steps it has moved.
-            assert!(b.data().chunks(4).any(|c| f32::from_le_bytes(c.try_into().unwrap()) != 0.0), "{m} B never trained");
+            assert!(
+                b.data().chunks(4).any(|c| f32::from_le_bytes(c.try_into().unwrap()) != 0.0),
+                "{m} B never trained"
+            );
         }
     }
 
@@ -138,7 +155,13 @@ fn run_writes_a_peft_adapter_metrics_eval_report_and_manifest() {
     }
     // Warmup over 2 steps (half the peak, then the peak), then cosine down to 0 at step 12.
     let lr = |s: usize| metrics[s]["lr"].as_f64().unwrap();
-    assert!((lr(1) - 2.5e-3).abs() < 1e-12 && (lr(2) - 5e-3).abs() < 1e-12 && (lr(3) - 5e-3).abs() < 1e-12, "{} {} {}", lr(1), lr(2), lr(3));
+    assert!(
+        (lr(1) - 2.5e-3).abs() < 1e-12 && (lr(2) - 5e-3).abs() < 1e-12 && (lr(3) - 5e-3).abs() < 1e-12,
+        "{} {} {}",
+        lr(1),
+        lr(2),
+        lr(3)
+    );
     assert!(lr(12).abs() < 1e-12 && lr(8) < lr(4) && lr(4) < lr(3), "{} {} {}", lr(4), lr(8), lr(12));
 
     // eval.json: base (step 0), best, final (step 12), history; training helped.
@@ -188,7 +211,22 @@ fn run_writes_a_peft_adapter_metrics_eval_report_and_manifest() {
     assert!(run.join("best/adapter_model.safetensors").is_file());
 
     // The written adapter, loaded again by `eval --adapter`, gives the run's final loss.
-    let o = common::loratune(d, &["eval", "--model", "tiny", "--adapter", "run", "--data", "eval.jsonl", "--max-seq-len", "96", "--out", "e.json"]);
+    let o = common::loratune(
+        d,
+        &[
+            "eval",
+            "--model",
+            "tiny",
+            "--adapter",
+            "run",
+            "--data",
+            "eval.jsonl",
+            "--max-seq-len",
+            "96",
+            "--out",
+            "e.json",
+        ],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let reloaded = read_json(&d.join("e.json"))["loss"].as_f64().unwrap();
     assert!((reloaded - fin).abs() < 1e-6, "eval --adapter {reloaded} vs run's final {fin}");
@@ -217,7 +255,10 @@ fn reference_run(d: &Path, steps: usize) -> (Vec<u8>, Vec<u8>, Vec<Value>) {
 
 /// Losses of the training lines, which must agree bitwise between the two runs.
 fn train_losses(m: &[Value]) -> Vec<(u64, f64)> {
-    m.iter().filter(|l| l["loss"].is_number()).map(|l| (l["step"].as_u64().unwrap(), l["loss"].as_f64().unwrap())).collect()
+    m.iter()
+        .filter(|l| l["loss"].is_number())
+        .map(|l| (l["step"].as_u64().unwrap(), l["loss"].as_f64().unwrap()))
+        .collect()
 }
 
 fn wait_for(path: &Path, child: &mut std::process::Child) {
@@ -269,10 +310,20 @@ fn ctrl_c_checkpoints_and_resume_reaches_the_uninterrupted_adapter_bitwise() {
     let o = train(d, &["--resume", "run"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains(&format!("(step {stopped_at} of 12)")), "{}", common::stdout(&o));
-    assert!(std::fs::read(d.join("run/adapter_model.safetensors")).unwrap() == want_adapter, "resumed adapter differs from the uninterrupted run's");
-    assert!(std::fs::read(d.join("run/checkpoints/step-12/optimizer.safetensors")).unwrap() == want_opt, "optimizer moments differ");
+    assert!(
+        std::fs::read(d.join("run/adapter_model.safetensors")).unwrap() == want_adapter,
+        "resumed adapter differs from the uninterrupted run's"
+    );
+    assert!(
+        std::fs::read(d.join("run/checkpoints/step-12/optimizer.safetensors")).unwrap() == want_opt,
+        "optimizer moments differ"
+    );
     let got = read_jsonl(&metrics);
-    assert_eq!(train_losses(&got), train_losses(&want_metrics), "metrics.jsonl after resume: one line per step, same losses");
+    assert_eq!(
+        train_losses(&got),
+        train_losses(&want_metrics),
+        "metrics.jsonl after resume: one line per step, same losses"
+    );
     let m = read_json(&d.join("run/run.json"));
     assert_eq!(m["status"], "completed");
     assert_eq!(m["sessions"].as_array().unwrap().len(), 2);
@@ -299,10 +350,20 @@ fn sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_adapter() {
 
     let o = train(d, &["--resume", "run"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    assert!(std::fs::read(d.join("run/adapter_model.safetensors")).unwrap() == want_adapter, "resumed adapter differs from the uninterrupted run's");
+    assert!(
+        std::fs::read(d.join("run/adapter_model.safetensors")).unwrap() == want_adapter,
+        "resumed adapter differs from the uninterrupted run's"
+    );
     let got = read_jsonl(&d.join("run/metrics.jsonl"));
     assert_eq!(train_losses(&got), train_losses(&want_metrics));
-    assert!(!d.join("run/checkpoints").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp")), "stale temporary checkpoint left behind");
+    assert!(
+        !d.join("run/checkpoints").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".tmp")),
+        "stale temporary checkpoint left behind"
+    );
 }
 
 #[test]
@@ -349,10 +410,26 @@ fn diverging_run_stops_with_a_clear_error_and_keeps_its_last_checkpoint() {
     // An absurd learning rate without clipping: after the first update A and B hold
     // values near 1e30, and the next forward overflows f32.
     setup(d, 12, "");
-    let o = train(d, &["run.toml", "--set", "train.lr=1e30", "--set", "train.warmup_steps=0", "--set", "train.max_grad_norm=0", "--set", "output.checkpoint_every=1"]);
+    let o = train(
+        d,
+        &[
+            "run.toml",
+            "--set",
+            "train.lr=1e30",
+            "--set",
+            "train.warmup_steps=0",
+            "--set",
+            "train.max_grad_norm=0",
+            "--set",
+            "output.checkpoint_every=1",
+        ],
+    );
     assert!(!o.status.success());
     let err = common::stderr(&o);
-    assert!(err.contains("step 2: the loss is") && err.contains("diverged") && err.contains("checkpoints/step-1"), "{err}");
+    assert!(
+        err.contains("step 2: the loss is") && err.contains("diverged") && err.contains("checkpoints/step-1"),
+        "{err}"
+    );
     let m = read_json(&d.join("run/run.json"));
     assert_eq!(m["status"], "failed");
     assert!(m["error"].as_str().unwrap().contains("diverged"));
@@ -374,7 +451,10 @@ fn early_stopping_ends_the_run_after_patience_evals_without_improvement() {
     // min_delta larger than any possible gain: every eval after the base one fails to
     // improve, so with patience 2 the run stops at the second eval (step 8 of 40).
     setup(d, 40, "");
-    let o = train(d, &["run.toml", "--set", "eval.early_stopping_patience=2", "--set", "eval.early_stopping_min_delta=100.0"]);
+    let o = train(
+        d,
+        &["run.toml", "--set", "eval.early_stopping_patience=2", "--set", "eval.early_stopping_min_delta=100.0"],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     let m = read_json(&d.join("run/run.json"));
     assert_eq!(m["status"], "early_stopped");
@@ -398,13 +478,19 @@ fn a_run_continues_from_a_saved_peft_adapter() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let first_final = read_json(&d.join("run/eval.json"))["final"]["loss"].as_f64().unwrap();
 
-    let o = train(d, &["run.toml", "--set", "output.dir=run2", "--set", "lora.init_from=run", "--set", "train.max_steps=2"]);
+    let o = train(
+        d,
+        &["run.toml", "--set", "output.dir=run2", "--set", "lora.init_from=run", "--set", "train.max_steps=2"],
+    );
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains("adapter starts from run (r=4"), "{}", common::stdout(&o));
     let m = read_jsonl(&d.join("run2/metrics.jsonl"));
     let start = m[0]["eval_loss"].as_f64().unwrap();
     assert_eq!(m[0]["step"], 0);
-    assert!((start - first_final).abs() <= 1e-12 * first_final, "continued run starts at {start}, the first ended at {first_final}");
+    assert!(
+        (start - first_final).abs() <= 1e-12 * first_final,
+        "continued run starts at {start}, the first ended at {first_final}"
+    );
     let manifest = read_json(&d.join("run2/run.json"));
     assert_eq!(manifest["init_adapter"]["sha256"], sha256_hex(&d.join("run/adapter_model.safetensors")));
     assert!(read_json(&d.join("run/run.json"))["init_adapter"].is_null());
@@ -412,5 +498,8 @@ fn a_run_continues_from_a_saved_peft_adapter() {
     let o = train(d, &["run.toml", "--set", "output.dir=run3", "--set", "lora.init_from=run", "--set", "lora.r=8"]);
     assert!(!o.status.success());
     let err = common::stderr(&o);
-    assert!(err.contains("lora.init_from: run does not match the [lora] section: lora.r = 8 but the adapter has r = 4"), "{err}");
+    assert!(
+        err.contains("lora.init_from: run does not match the [lora] section: lora.r = 8 but the adapter has r = 4"),
+        "{err}"
+    );
 }

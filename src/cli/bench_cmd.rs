@@ -179,7 +179,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         gradient_checkpointing: a.gradient_checkpointing || a.checkpoint_layers.is_some(),
         checkpoint_layers: a.checkpoint_layers,
         profile: a.profile,
-        quantize: a.quantize.as_deref().map(crate::model::quantized::Quantize::parse).transpose().map_err(|e| anyhow::anyhow!("--quantize: {e}"))?,
+        quantize: a
+            .quantize
+            .as_deref()
+            .map(crate::model::quantized::Quantize::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--quantize: {e}"))?,
     };
     if main {
         eprintln!(
@@ -229,8 +234,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         print_table(&ours, p, ratio, same_stream);
     }
     if let Some(out) = &a.json {
-        let combined =
-            Combined { ours: &ours, peer: peer_json.as_ref(), ratio, same_stream, peer_loadavg_start: peer_la.0, peer_loadavg_end: peer_la.1 };
+        let combined = Combined {
+            ours: &ours,
+            peer: peer_json.as_ref(),
+            ratio,
+            same_stream,
+            peer_loadavg_start: peer_la.0,
+            peer_loadavg_end: peer_la.1,
+        };
         super::write_json_file(out, &combined)?;
         println!("wrote        {}", out.display());
     }
@@ -256,18 +267,20 @@ fn print_ours(r: &BenchResult) {
     println!("model        {} ({} on {}, loaded in {:.2}s)", r.model, r.dtype, r.device, r.load_s);
     match r.conversations {
         0 => println!("data         {}: {} tokens, {} windows of {}", r.data, r.stream_tokens, r.windows, r.seq_len),
-        n => println!("data         {}: {n} conversations, {} tokens, {} windows of {}", r.data, r.stream_tokens, r.windows, r.seq_len),
+        n => println!(
+            "data         {}: {n} conversations, {} tokens, {} windows of {}",
+            r.data, r.stream_tokens, r.windows, r.seq_len
+        ),
     }
     println!("lora         r={} alpha={} on {} ({} parameters)", r.r, r.alpha, r.targets.join(","), r.lora_parameters);
     match &r.quantize {
-        Some(q) => println!("base         projections quantized ({q}): {:.2} GiB of blocks", r.projection_bytes as f64 / (1u64 << 30) as f64),
+        Some(q) => println!(
+            "base         projections quantized ({q}): {:.2} GiB of blocks",
+            r.projection_bytes as f64 / (1u64 << 30) as f64
+        ),
         None => println!("base         projections dense: {:.2} GiB", r.projection_bytes as f64 / (1u64 << 30) as f64),
     }
-    println!(
-        "threads      {} (CANDLE_NUM_THREADS={})",
-        r.threads,
-        r.candle_num_threads.as_deref().unwrap_or("unset")
-    );
+    println!("threads      {} (CANDLE_NUM_THREADS={})", r.threads, r.candle_num_threads.as_deref().unwrap_or("unset"));
     println!(
         "step         median {:.3}s, mean {:.3}s, min {:.3}s over {} timed steps (batch {} x {} tokens)",
         r.step_s_median, r.step_s_mean, r.step_s_min, r.steps, r.batch_size, r.seq_len
@@ -305,15 +318,28 @@ fn print_ours(r: &BenchResult) {
             mm,
             100.0 * mfu
         ),
-        _ => println!("compute      {:.2} GFLOP/token, {:.2} TFLOP/s achieved", r.flops_per_token / 1e9, r.achieved_tflops),
+        _ => println!(
+            "compute      {:.2} GFLOP/token, {:.2} TFLOP/s achieved",
+            r.flops_per_token / 1e9,
+            r.achieved_tflops
+        ),
     }
     println!("load avg     {} at the first step, {} after the last", fmt_la(r.loadavg_start), fmt_la(r.loadavg_end));
-    println!("contention   {} (CPU used by other processes + stolen, during the timed steps)", fmt_cores(r.other_cpu_cores, r.steal_cores));
+    println!(
+        "contention   {} (CPU used by other processes + stolen, during the timed steps)",
+        fmt_cores(r.other_cpu_cores, r.steal_cores)
+    );
     if let Some(regions) = &r.profile {
         let total: f64 = regions.iter().map(|x| x.seconds).sum();
         println!("profile      per timed step, each region between device synchronizations ({:.3} s in all):", total);
         for x in regions {
-            println!("  {:<28} {:>9.2} ms {:>5.1}%  {:>5} calls", x.name, 1e3 * x.seconds, 100.0 * x.seconds / total, x.calls);
+            println!(
+                "  {:<28} {:>9.2} ms {:>5.1}%  {:>5} calls",
+                x.name,
+                1e3 * x.seconds,
+                100.0 * x.seconds / total,
+                x.calls
+            );
         }
     }
 }
@@ -338,17 +364,23 @@ fn run_peer(python: &Path, script: &Path, a: &BenchArgs, ours: &BenchResult) -> 
         cmd.arg("--gradient-checkpointing");
     }
     eprintln!("peft: {} {}", python.display(), script.display());
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {} (create the venv with scripts/reference/setup-venv.sh)", python.display()))?;
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output().with_context(|| {
+        format!("running {} (create the venv with scripts/reference/setup-venv.sh)", python.display())
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("{} {} failed ({}); its stdout ended with: {}", python.display(), script.display(), out.status, stdout.lines().last().unwrap_or(""));
+        bail!(
+            "{} {} failed ({}); its stdout ended with: {}",
+            python.display(),
+            script.display(),
+            out.status,
+            stdout.lines().last().unwrap_or("")
+        );
     }
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).context("the PEFT script printed nothing on stdout")?;
-    let v: Value = serde_json::from_str(last).with_context(|| format!("the PEFT script's last stdout line is not JSON: {last}"))?;
+    let last =
+        stdout.lines().rev().find(|l| !l.trim().is_empty()).context("the PEFT script printed nothing on stdout")?;
+    let v: Value = serde_json::from_str(last)
+        .with_context(|| format!("the PEFT script's last stdout line is not JSON: {last}"))?;
     anyhow::ensure!(v["tokens_per_s"].is_number(), "the PEFT script's JSON has no tokens_per_s: {last}");
     Ok(v)
 }
@@ -356,27 +388,39 @@ fn run_peer(python: &Path, script: &Path, a: &BenchArgs, ours: &BenchResult) -> 
 fn print_table(ours: &BenchResult, p: &Value, ratio: Option<f64>, same_stream: Option<bool>) {
     let f = |k: &str| p[k].as_f64();
     let num = |x: Option<f64>, prec: usize| x.map_or("?".into(), |x| format!("{x:.prec$}"));
-    let peft_name = format!(
-        "PEFT {} (torch {})",
-        p["peft"].as_str().unwrap_or("?"),
-        p["torch"].as_str().unwrap_or("?")
-    );
+    let peft_name =
+        format!("PEFT {} (torch {})", p["peft"].as_str().unwrap_or("?"), p["torch"].as_str().unwrap_or("?"));
     println!();
     println!("{:<28} {:>16} {:>26}", "", "loratune", peft_name);
     let row = |name: &str, a: String, b: String| println!("{name:<28} {a:>16} {b:>26}");
     row("tokens/s (median step)", num(Some(ours.tokens_per_s), 1), num(f("tokens_per_s"), 1));
     row("tokens/s (fastest step)", num(Some(ours.tokens_per_s_best), 1), num(f("tokens_per_s_best"), 1));
-    row("step s median / mean / min", format!("{:.2} / {:.2} / {:.2}", ours.step_s_median, ours.step_s_mean, ours.step_s_min),
-        format!("{} / {} / {}", num(f("step_s_median"), 2), num(f("step_s_mean"), 2), num(f("step_s_min"), 2)));
+    row(
+        "step s median / mean / min",
+        format!("{:.2} / {:.2} / {:.2}", ours.step_s_median, ours.step_s_mean, ours.step_s_min),
+        format!("{} / {} / {}", num(f("step_s_median"), 2), num(f("step_s_mean"), 2), num(f("step_s_min"), 2)),
+    );
     row("first loss (step 0, base)", num(Some(ours.first_loss), 5), num(f("first_loss"), 5));
     row("last loss", num(Some(ours.last_loss), 5), num(f("last_loss"), 5));
     row("peak RSS MiB (process)", num(ours.peak_rss_mib, 0), num(f("peak_rss_mib"), 0));
     row("peak RSS MiB (training)", num(ours.train_peak_rss_mib, 0), num(f("train_peak_rss_mib"), 0));
-    row("stream tokens", ours.stream_tokens.to_string(), p["stream_tokens"].as_u64().map_or("?".into(), |n| n.to_string()));
-    row("threads", format!("{} (CANDLE {})", ours.threads, ours.candle_num_threads.as_deref().unwrap_or("unset")), p["threads"].to_string());
+    row(
+        "stream tokens",
+        ours.stream_tokens.to_string(),
+        p["stream_tokens"].as_u64().map_or("?".into(), |n| n.to_string()),
+    );
+    row(
+        "threads",
+        format!("{} (CANDLE {})", ours.threads, ours.candle_num_threads.as_deref().unwrap_or("unset")),
+        p["threads"].to_string(),
+    );
     row("load s", num(Some(ours.load_s), 2), num(f("load_s"), 2));
     row("load avg (1 min) at start", num(ours.loadavg_start.map(|l| l[0]), 2), num(p["loadavg_start"][0].as_f64(), 2));
-    row("other + stolen CPU (cores)", fmt_cores(ours.other_cpu_cores, ours.steal_cores), fmt_cores(f("other_cpu_cores"), f("steal_cores")));
+    row(
+        "other + stolen CPU (cores)",
+        fmt_cores(ours.other_cpu_cores, ours.steal_cores),
+        fmt_cores(f("other_cpu_cores"), f("steal_cores")),
+    );
     println!();
     match ratio {
         Some(r) => println!("ratio        {r:.2}x PEFT's tokens/s (loratune / PEFT, median step)"),
@@ -384,7 +428,11 @@ fn print_table(ours: &BenchResult, p: &Value, ratio: Option<f64>, same_stream: O
     }
     match same_stream {
         Some(true) => println!("stream       identical token ids on both sides (sha256 {})", &ours.stream_sha256[..16]),
-        Some(false) => println!("stream       WARNING: the token streams differ (sha256 {} vs {}): not the same job", &ours.stream_sha256[..16], p["stream_sha256"].as_str().unwrap_or("?")),
+        Some(false) => println!(
+            "stream       WARNING: the token streams differ (sha256 {} vs {}): not the same job",
+            &ours.stream_sha256[..16],
+            p["stream_sha256"].as_str().unwrap_or("?")
+        ),
         None => println!("stream       the peer reported no stream hash; compare the token counts above"),
     }
     let busy = |o: Option<f64>, s: Option<f64>| o.zip(s).is_some_and(|(o, s)| o + s > 0.2);

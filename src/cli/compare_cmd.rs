@@ -51,7 +51,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
     if let Some(d) = &a.dtype {
         load.dtype = super::parse_dtype(d)?;
     }
-    let opts = CompareOptions { load, max_new_tokens: a.max_new_tokens, max_seq_len: a.max_seq_len, batch_size: a.batch_size };
+    let opts =
+        CompareOptions { load, max_new_tokens: a.max_new_tokens, max_seq_len: a.max_seq_len, batch_size: a.batch_size };
     let c = compare::compare(&side_a, &side_b, &a.data, a.limit, &opts, |msg| eprintln!("{msg}"))?;
     let rows = compare::metric_rows(&c);
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);

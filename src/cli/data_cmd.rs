@@ -107,7 +107,10 @@ fn parse_format(s: &str) -> Result<Option<DataFormat>> {
 }
 
 fn check_near_args(threshold: f64, shingle_words: usize) -> Result<()> {
-    anyhow::ensure!(threshold > 0.0 && threshold <= 1.0, "--threshold {threshold}: expected a Jaccard similarity in (0, 1]");
+    anyhow::ensure!(
+        threshold > 0.0 && threshold <= 1.0,
+        "--threshold {threshold}: expected a Jaccard similarity in (0, 1]"
+    );
     anyhow::ensure!(shingle_words >= 1, "--shingle-words must be at least 1");
     Ok(())
 }
@@ -116,8 +119,16 @@ fn lint_files(a: LintArgs) -> Result<()> {
     let opts = (|| -> Result<LintOptions> {
         check_near_args(a.threshold, a.shingle_words)?;
         anyhow::ensure!(a.max_seq_len >= 1, "--max-seq-len must be at least 1");
-        let bad_records: BadRecordPolicy = a.on_bad_record.parse().map_err(|e| anyhow::anyhow!("--on-bad-record: {e}"))?;
-        Ok(LintOptions { format: parse_format(&a.format)?, threshold: a.threshold, shingle_words: a.shingle_words, max_seq_len: a.max_seq_len, strict: a.strict, bad_records })
+        let bad_records: BadRecordPolicy =
+            a.on_bad_record.parse().map_err(|e| anyhow::anyhow!("--on-bad-record: {e}"))?;
+        Ok(LintOptions {
+            format: parse_format(&a.format)?,
+            threshold: a.threshold,
+            shingle_words: a.shingle_words,
+            max_seq_len: a.max_seq_len,
+            strict: a.strict,
+            bad_records,
+        })
     })()
     .unwrap_or_else(|e| usage_error(e));
     let tokenizer = a.model.as_ref().map(|m| {
@@ -127,7 +138,8 @@ fn lint_files(a: LintArgs) -> Result<()> {
             .with_context(|| format!("--model {m}: loading the tokenizer"))
             .unwrap_or_else(|e| usage_error(e))
     });
-    let report = lint::lint(&a.files, a.eval.as_deref(), tokenizer.as_ref(), &opts).unwrap_or_else(|e| usage_error(e.into()));
+    let report =
+        lint::lint(&a.files, a.eval.as_deref(), tokenizer.as_ref(), &opts).unwrap_or_else(|e| usage_error(e.into()));
     print!("{}", report.human_summary(a.show));
     if let Some(path) = &a.json {
         super::write_json_file(path, &report)?;
@@ -142,7 +154,12 @@ fn lint_files(a: LintArgs) -> Result<()> {
 fn dedup_file(a: DedupArgs) -> Result<()> {
     let opts = (|| -> Result<DedupOptions> {
         check_near_args(a.threshold, a.shingle_words)?;
-        Ok(DedupOptions { format: parse_format(&a.format)?, threshold: a.threshold, shingle_words: a.shingle_words, exact_only: a.exact_only })
+        Ok(DedupOptions {
+            format: parse_format(&a.format)?,
+            threshold: a.threshold,
+            shingle_words: a.shingle_words,
+            exact_only: a.exact_only,
+        })
     })()
     .unwrap_or_else(|e| usage_error(e));
     let out = match lint::dedup(&a.input, &a.output, &opts) {
@@ -161,7 +178,12 @@ fn dedup_file(a: DedupArgs) -> Result<()> {
         parts[0].push_str(&format!(" ({})", list(&out.exact)));
     }
     if !a.exact_only {
-        let mut near = format!("{} near duplicate{} (J >= {})", out.near.len(), if out.near.len() == 1 { "" } else { "s" }, a.threshold);
+        let mut near = format!(
+            "{} near duplicate{} (J >= {})",
+            out.near.len(),
+            if out.near.len() == 1 { "" } else { "s" },
+            a.threshold
+        );
         if !out.near.is_empty() {
             near.push_str(&format!(" ({})", list(&out.near)));
         }

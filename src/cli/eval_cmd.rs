@@ -78,11 +78,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     anyhow::ensure!(a.max_seq_len >= 2, "--max-seq-len must be at least 2");
 
     // Read and validate the data before spending time on the model.
-    let datasets = a
-        .data
-        .iter()
-        .map(|p| data::read_jsonl(p, format, policy))
-        .collect::<Result<Vec<_>, _>>()?;
+    let datasets = a.data.iter().map(|p| data::read_jsonl(p, format, policy)).collect::<Result<Vec<_>, _>>()?;
 
     let device = super::parse_device(&a.device)?;
     let mut opts = LoadOptions::for_device(device, HubOptions::from_env());
@@ -124,14 +120,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let adapter = match &a.adapter {
         Some(dir) => {
             let w = crate::lora::load_adapter(dir, &loaded.model.config, &opts.device)?;
-            eprintln!("adapter {} (r={}, alpha={}, {} tensors)", dir.display(), w.spec.r, w.spec.alpha, w.named_tensors().len());
+            eprintln!(
+                "adapter {} (r={}, alpha={}, {} tensors)",
+                dir.display(),
+                w.spec.r,
+                w.spec.alpha,
+                w.named_tensors().len()
+            );
             Some(w)
         }
         None => None,
     };
     let pad = loaded.tokenizer.pad_id.or(loaded.tokenizer.eos_id).unwrap_or(0);
     let bar = super::progress::bar(examples.len() as u64, "eval");
-    let summary = eval::evaluate(&loaded.model, adapter.as_ref(), &examples, a.batch_size, pad, |done, _| bar.set_position(done as u64))?;
+    let summary = eval::evaluate(&loaded.model, adapter.as_ref(), &examples, a.batch_size, pad, |done, _| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
 
     println!("model        {}", loaded.identity.source);

@@ -83,7 +83,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, sampling, ignore_eos: a.ignore_eos };
     // Read the prompts before spending time on the model.
     let prompts = match (&a.prompt, &a.data) {
-        (Some(p), _) => vec![(0, crate::data::PromptRecord { messages: vec![Message::new(Role::User, p.clone())], reference: None })],
+        (Some(p), _) => vec![(
+            0,
+            crate::data::PromptRecord { messages: vec![Message::new(Role::User, p.clone())], reference: None },
+        )],
         (None, Some(path)) => crate::data::read_prompts(path)?,
         (None, None) => bail!("give --prompt TEXT or --data FILE.jsonl"),
     };
@@ -101,7 +104,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(dir) => Some(crate::lora::load_adapter(dir, &loaded.model.config, &load.device)?),
         None => None,
     };
-    let extra_stops = if loaded.identity.resolved.is_dir() { generate::generation_config_stop_ids(&loaded.identity.resolved) } else { Vec::new() };
+    let extra_stops = if loaded.identity.resolved.is_dir() {
+        generate::generation_config_stop_ids(&loaded.identity.resolved)
+    } else {
+        Vec::new()
+    };
     let gen = Generator::new(&loaded.model, lora.as_ref(), &loaded.tokenizer, &extra_stops);
     if !a.raw && loaded.tokenizer.chat_template.is_none() {
         bail!("{} has no chat template; pass --raw to use the prompt text as it is", a.model);
@@ -135,11 +142,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
 
     // Batch: rows go to a side file as they finish, which becomes --out at the end.
     let partial = a.out.with_extension("jsonl.partial");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?);
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+    );
     let (mut new_tokens, mut seconds) = (0usize, 0f64);
     for (i, (line, p)) in prompts.iter().enumerate() {
         let messages = with_system(&p.messages);
-        let ids = gen.prompt_ids(&messages, a.raw).with_context(|| format!("{}:{line}", a.data.as_ref().expect("batch").display()))?;
+        let ids = gen
+            .prompt_ids(&messages, a.raw)
+            .with_context(|| format!("{}:{line}", a.data.as_ref().expect("batch").display()))?;
         let g = gen.generate(&ids, &opts, |_| {})?;
         let secs = g.prefill_seconds + g.decode_seconds;
         new_tokens += g.output_ids.len();
@@ -157,11 +168,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             tokens_per_second: g.output_ids.len() as f64 / secs.max(1e-9),
         };
         writeln!(file, "{}", serde_json::to_string(&row)?)?;
-        eprintln!("[{}/{}] line {line}: {} tokens in {secs:.2}s ({:?})", i + 1, prompts.len(), g.output_ids.len(), g.stop);
+        eprintln!(
+            "[{}/{}] line {line}: {} tokens in {secs:.2}s ({:?})",
+            i + 1,
+            prompts.len(),
+            g.output_ids.len(),
+            g.stop
+        );
     }
     file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&partial, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("generated    {} prompts, {new_tokens} tokens in {seconds:.1}s ({:.1} tokens/s)", prompts.len(), new_tokens as f64 / seconds.max(1e-9));
+    println!(
+        "generated    {} prompts, {new_tokens} tokens in {seconds:.1}s ({:.1} tokens/s)",
+        prompts.len(),
+        new_tokens as f64 / seconds.max(1e-9)
+    );
     println!("wrote        {}", a.out.display());
     Ok(())
 }

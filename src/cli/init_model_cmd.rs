@@ -62,7 +62,13 @@ pub fn run(a: InitModelArgs) -> Result<()> {
         None if tiny_shape => candle_core::DType::F32,
         None => candle_core::DType::BF16,
     };
-    let opts = InitOptions { seed: a.seed, dtype, max_shard_bytes: super::parse_size(&a.max_shard_size)?, gguf: a.gguf.clone(), init_std: a.init_std.unwrap_or_else(|| init::default_init_std(&a.preset)) };
+    let opts = InitOptions {
+        seed: a.seed,
+        dtype,
+        max_shard_bytes: super::parse_size(&a.max_shard_size)?,
+        gguf: a.gguf.clone(),
+        init_std: a.init_std.unwrap_or_else(|| init::default_init_std(&a.preset)),
+    };
     let start = std::time::Instant::now();
     let cfg = init::write_random_checkpoint(&cfg, &tokenizer, &a.out, &opts)?;
     println!(
@@ -80,4 +86,3 @@ pub fn run(a: InitModelArgs) -> Result<()> {
     }
     Ok(())
 }
-

@@ -54,7 +54,13 @@ pub fn run(a: MergeArgs) -> Result<()> {
         record.scaling,
         record.lora.targets.iter().map(|t| t.name()).collect::<Vec<_>>().join(",")
     );
-    println!("merged       {} of {} tensors, {} MiB of {} weights", record.merged_tensors, record.tensors, record.bytes >> 20, record.dtype);
+    println!(
+        "merged       {} of {} tensors, {} MiB of {} weights",
+        record.merged_tensors,
+        record.tensors,
+        record.bytes >> 20,
+        record.dtype
+    );
     match crate::train::bench::peak_rss_mib() {
         Some(peak) => println!("time         {:.1}s (peak memory {peak:.0} MiB)", record.seconds),
         None => println!("time         {:.1}s", record.seconds),

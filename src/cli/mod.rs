@@ -68,9 +68,12 @@ pub(crate) fn parse_device(spec: &str) -> Result<Device> {
         "auto" => Ok(if candle_core::utils::cuda_is_available() { crate::gpu::open_cuda(0)? } else { Device::Cpu }),
         s if s == "cuda" || s.starts_with("cuda:") => {
             if !candle_core::utils::cuda_is_available() {
-                bail!("device \"{s}\" requested but this loratune was built without CUDA (rebuild with --features cuda)");
+                bail!(
+                    "device \"{s}\" requested but this loratune was built without CUDA (rebuild with --features cuda)"
+                );
             }
-            let ordinal = s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().context("device ordinal")?.unwrap_or(0);
+            let ordinal =
+                s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().context("device ordinal")?.unwrap_or(0);
             Ok(crate::gpu::open_cuda(ordinal)?)
         }
         other => bail!("unknown device \"{other}\" (expected auto, cpu, cuda or cuda:N)"),

@@ -11,7 +11,11 @@ use crate::distributed::{self, launch, NodeEnv, ProcessGroup, RankEnv};
 /// no RANK in the environment, this process is the launcher instead: it starts the ranks,
 /// waits for them and exits with their outcome (it does not return). `cpu_threads`: the
 /// cores each CPU rank may use (default: the machine's cores shared out).
-pub(crate) fn device_and_group(gpus: usize, device_name: &str, cpu_threads: Option<usize>) -> Result<(Device, ProcessGroup)> {
+pub(crate) fn device_and_group(
+    gpus: usize,
+    device_name: &str,
+    cpu_threads: Option<usize>,
+) -> Result<(Device, ProcessGroup)> {
     let rank_env = RankEnv::from_env()?;
     if rank_env.is_none() {
         let node = NodeEnv::from_env()?;
@@ -33,7 +37,12 @@ pub(crate) fn device_and_group(gpus: usize, device_name: &str, cpu_threads: Opti
     };
     let device = super::parse_device(&name)?;
     let group = match &rank_env {
-        Some(env) => ProcessGroup::join(env, &device).with_context(|| format!("rank {} of {}: joining the group at {}:{}", env.rank, env.world_size, env.master_addr, env.master_port))?,
+        Some(env) => ProcessGroup::join(env, &device).with_context(|| {
+            format!(
+                "rank {} of {}: joining the group at {}:{}",
+                env.rank, env.world_size, env.master_addr, env.master_port
+            )
+        })?,
         None => ProcessGroup::single(),
     };
     Ok((device, group))

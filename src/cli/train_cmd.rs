@@ -40,7 +40,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 }
             }
             let path = dir.join(CONFIG_FILE);
-            anyhow::ensure!(path.is_file(), "{}: no {CONFIG_FILE} here, so this is not a loratune run folder", dir.display());
+            anyhow::ensure!(
+                path.is_file(),
+                "{}: no {CONFIG_FILE} here, so this is not a loratune run folder",
+                dir.display()
+            );
             let mut cfg = TrainConfig::from_file(&path, &a.overrides)?;
             // The run folder is where it is now, even if it was moved.
             cfg.output.dir = dir.display().to_string();
@@ -65,7 +69,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             eprintln!("\nsecond interrupt: exiting without a checkpoint (the previous one is intact)");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing this step, writing a checkpoint, then stopping (Ctrl-C again to quit at once)");
+        eprintln!(
+            "\ninterrupt: finishing this step, writing a checkpoint, then stopping (Ctrl-C again to quit at once)"
+        );
     })
     .context("installing the Ctrl-C handler")?;
 
@@ -84,7 +90,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     if outcome.status == RunStatus::Interrupted {
         if rank == 0 {
-            println!("resume  loratune train --resume {}{}", outcome.run_dir.display(), if several { " (with the same number of ranks)" } else { "" });
+            println!(
+                "resume  loratune train --resume {}{}",
+                outcome.run_dir.display(),
+                if several { " (with the same number of ranks)" } else { "" }
+            );
         }
         std::process::exit(launch::INTERRUPTED);
     }

@@ -58,13 +58,9 @@ impl Origins {
 /// Parses `text` into a table and records the line of every section and key.
 pub(crate) fn parse(text: &str, file: &str) -> Result<(Table, Origins), ConfigError> {
     let document = toml::de::DeTable::parse(text).map_err(|e| syntax_error(text, file, &e))?;
-    let mut origins = Origins {
-        file: file.to_string(),
-        ..Origins::default()
-    };
+    let mut origins = Origins { file: file.to_string(), ..Origins::default() };
     record_lines(text, document.get_ref(), "", &mut origins.lines);
-    let table = Table::deserialize(toml::de::Deserializer::from(document))
-        .map_err(|e| syntax_error(text, file, &e))?;
+    let table = Table::deserialize(toml::de::Deserializer::from(document)).map_err(|e| syntax_error(text, file, &e))?;
     Ok((table, origins))
 }
 
@@ -89,20 +85,12 @@ fn syntax_error(text: &str, file: &str, error: &toml::de::Error) -> ConfigError 
 fn unquoted_string_hint(line: &str) -> Option<String> {
     let (key, value) = line.split_once('=')?;
     let (key, value) = (key.trim(), value.trim());
-    let word = value
-        .split(|c: char| c.is_whitespace() || c == '#')
-        .next()?;
-    let bare = word.starts_with(|c: char| c.is_ascii_alphabetic())
-        && !["true", "false", "inf", "nan"].contains(&word);
+    let word = value.split(|c: char| c.is_whitespace() || c == '#').next()?;
+    let bare = word.starts_with(|c: char| c.is_ascii_alphabetic()) && !["true", "false", "inf", "nan"].contains(&word);
     bare.then(|| format!(" (a string must be quoted: {key} = \"{word}\")"))
 }
 
-fn record_lines(
-    text: &str,
-    table: &toml::de::DeTable<'_>,
-    prefix: &str,
-    lines: &mut HashMap<String, usize>,
-) {
+fn record_lines(text: &str, table: &toml::de::DeTable<'_>, prefix: &str, lines: &mut HashMap<String, usize>) {
     for (key, value) in table {
         let full = format!("{prefix}{}", key.get_ref());
         let offset = key.span().start.min(text.len());
@@ -160,10 +148,7 @@ pub(crate) fn check_known_keys(table: &Table, origins: &Origins) -> Result<(), C
 /// a number (`alpha = 32`) into floats.
 pub(crate) fn check_types(table: &mut Table, origins: &Origins) -> Result<(), ConfigError> {
     for spec in KEYS {
-        let Some(value) = table
-            .get_mut(spec.section)
-            .and_then(|s| s.as_table_mut())
-            .and_then(|s| s.get_mut(spec.name))
+        let Some(value) = table.get_mut(spec.section).and_then(|s| s.as_table_mut()).and_then(|s| s.get_mut(spec.name))
         else {
             continue;
         };
@@ -211,10 +196,7 @@ pub(crate) fn check_required(table: &Table, origins: &Origins) -> Result<(), Con
         let Some(meaning) = spec.required else {
             continue;
         };
-        let present = table
-            .get(spec.section)
-            .and_then(|s| s.get(spec.name))
-            .is_some();
+        let present = table.get(spec.section).and_then(|s| s.get(spec.name)).is_some();
         if !present {
             return Err(ConfigError::MissingKey {
                 file: origins.file().to_string(),
@@ -260,20 +242,13 @@ mod tests {
     fn syntax_error_names_file_line_and_column() {
         let text = "[model]\npath = \"m\"\n[train]\nlr = fast\n";
         let err = parse(text, "runs/x.toml").unwrap_err();
-        let ConfigError::Syntax { line, column, .. } = &err else {
-            panic!("{err:?}")
-        };
+        let ConfigError::Syntax { line, column, .. } = &err else { panic!("{err:?}") };
         assert_eq!((*line, *column), (4, 6));
         let msg = err.to_string();
         assert!(msg.starts_with("runs/x.toml:4:6: invalid TOML: "), "{msg}");
         assert!(msg.contains("4 | lr = fast"), "{msg}");
-        assert!(
-            msg.contains("(a string must be quoted: lr = \"fast\")"),
-            "{msg}"
-        );
-        let msg = parse("[train]\nlr = 1e-4 x\n", "r.toml")
-            .unwrap_err()
-            .to_string();
+        assert!(msg.contains("(a string must be quoted: lr = \"fast\")"), "{msg}");
+        let msg = parse("[train]\nlr = 1e-4 x\n", "r.toml").unwrap_err().to_string();
         assert!(!msg.contains("(a string must be quoted"), "{msg}");
     }
 
@@ -281,9 +256,6 @@ mod tests {
     fn describes_values_for_messages() {
         assert_eq!(describe(&Value::String("fast".into())), "a string \"fast\"");
         assert_eq!(describe(&Value::Integer(-1)), "an integer -1");
-        assert_eq!(
-            describe(&Value::Array(vec![Value::Integer(1), Value::Integer(2)])),
-            "an array [1, 2]"
-        );
+        assert_eq!(describe(&Value::Array(vec![Value::Integer(1), Value::Integer(2)])), "an array [1, 2]");
     }
 }

@@ -6,8 +6,7 @@
 //! expected type in its messages instead of passing on serde's.
 
 /// The sections, in file order.
-pub(crate) const SECTIONS: &[&str] =
-    &["model", "lora", "data", "train", "eval", "output", "device"];
+pub(crate) const SECTIONS: &[&str] = &["model", "lora", "data", "train", "eval", "output", "device"];
 
 /// The TOML type a key takes. Optional keys (`Option<T>` fields) have the kind of `T`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,37 +54,17 @@ pub(crate) struct KeySpec {
 }
 
 const fn key(section: &'static str, name: &'static str, kind: Kind) -> KeySpec {
-    KeySpec {
-        section,
-        name,
-        kind,
-        required: None,
-    }
+    KeySpec { section, name, kind, required: None }
 }
 
-const fn required(
-    section: &'static str,
-    name: &'static str,
-    kind: Kind,
-    what: &'static str,
-) -> KeySpec {
-    KeySpec {
-        section,
-        name,
-        kind,
-        required: Some(what),
-    }
+const fn required(section: &'static str, name: &'static str, kind: Kind, what: &'static str) -> KeySpec {
+    KeySpec { section, name, kind, required: Some(what) }
 }
 
 use Kind::*;
 
 pub(crate) const KEYS: &[KeySpec] = &[
-    required(
-        "model",
-        "path",
-        Str,
-        "the base model: a Hugging Face folder, a hub id org/name or a .gguf file",
-    ),
+    required("model", "path", Str, "the base model: a Hugging Face folder, a hub id org/name or a .gguf file"),
     key("model", "dtype", Str),
     key("model", "quantize", Str),
     key("lora", "r", UInt),
@@ -94,12 +73,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("lora", "target_modules", StrList),
     key("lora", "use_rslora", Bool),
     key("lora", "init_from", Str),
-    required(
-        "data",
-        "train",
-        StrOrStrList,
-        "the training set: a JSONL file or an array of them",
-    ),
+    required("data", "train", StrOrStrList, "the training set: a JSONL file or an array of them"),
     key("data", "eval", Str),
     key("data", "eval_fraction", Float),
     key("data", "split_seed", UInt),
@@ -230,10 +204,7 @@ const SECTION_ALIASES: &[(&str, &str)] = &[
 
 /// The closest of `candidates` to `word`, if one is close enough to be a
 /// plausible typo (Jaro-Winkler similarity >= 0.8, case-insensitive).
-pub(crate) fn closest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word = word.to_lowercase();
     candidates
         .into_iter()
@@ -247,12 +218,7 @@ pub(crate) fn closest<'a>(
 /// in `section` (`None`: at the top level, outside any section).
 pub(crate) fn suggest_key(section: Option<&str>, name: &str) -> Option<String> {
     let lower = name.to_lowercase();
-    let aliased = || {
-        ALIASES
-            .iter()
-            .filter(|(alias, _)| *alias == lower)
-            .map(|(_, full)| *full)
-    };
+    let aliased = || ALIASES.iter().filter(|(alias, _)| *alias == lower).map(|(_, full)| *full);
     // 1. A synonym that lives in this very section.
     if let Some(section) = section {
         if let Some(full) = aliased().find(|full| full.split('.').next() == Some(section)) {
@@ -276,9 +242,7 @@ pub(crate) fn suggest_key(section: Option<&str>, name: &str) -> Option<String> {
     }
     // 5. A typo of a key of any section.
     let best = closest(name, KEYS.iter().map(|k| k.name))?;
-    KEYS.iter()
-        .find(|k| k.name == best)
-        .map(|k| format!("{}.{}", k.section, k.name))
+    KEYS.iter().find(|k| k.name == best).map(|k| format!("{}.{}", k.section, k.name))
 }
 
 /// The section most likely meant by an unknown `[name]`.
@@ -298,12 +262,7 @@ mod tests {
     fn every_key_belongs_to_a_known_section_once() {
         for k in KEYS {
             assert!(SECTIONS.contains(&k.section), "{}.{}", k.section, k.name);
-            assert_eq!(
-                KEYS.iter()
-                    .filter(|o| o.section == k.section && o.name == k.name)
-                    .count(),
-                1
-            );
+            assert_eq!(KEYS.iter().filter(|o| o.section == k.section && o.name == k.name).count(), 1);
         }
         for (alias, full) in ALIASES {
             let (section, name) = full.split_once('.').unwrap();
@@ -313,41 +272,20 @@ mod tests {
 
     #[test]
     fn suggestions_for_typos_synonyms_and_misplaced_keys() {
-        assert_eq!(
-            suggest_key(Some("train"), "learning_rate").as_deref(),
-            Some("train.lr")
-        );
+        assert_eq!(suggest_key(Some("train"), "learning_rate").as_deref(), Some("train.lr"));
         assert_eq!(suggest_key(Some("lora"), "rank").as_deref(), Some("lora.r"));
-        assert_eq!(
-            suggest_key(Some("train"), "lrr").as_deref(),
-            Some("train.lr")
-        );
-        assert_eq!(
-            suggest_key(Some("lora"), "target_module").as_deref(),
-            Some("lora.target_modules")
-        );
-        assert_eq!(
-            suggest_key(Some("train"), "dropout").as_deref(),
-            Some("lora.dropout")
-        );
+        assert_eq!(suggest_key(Some("train"), "lrr").as_deref(), Some("train.lr"));
+        assert_eq!(suggest_key(Some("lora"), "target_module").as_deref(), Some("lora.target_modules"));
+        assert_eq!(suggest_key(Some("train"), "dropout").as_deref(), Some("lora.dropout"));
         assert_eq!(suggest_key(None, "lr").as_deref(), Some("train.lr"));
         // `batch_size` is a key of [eval] but in [train] it means the micro-batch.
-        assert_eq!(
-            suggest_key(Some("train"), "batch_size").as_deref(),
-            Some("train.micro_batch_size")
-        );
+        assert_eq!(suggest_key(Some("train"), "batch_size").as_deref(), Some("train.micro_batch_size"));
         assert_eq!(suggest_key(Some("train"), "zzzz"), None);
         assert_eq!(suggest_section("trian"), Some("train"));
         assert_eq!(suggest_section("training"), Some("train"));
         assert_eq!(suggest_section("optimizer"), Some("train"));
         assert_eq!(suggest_section("xyz"), None);
-        assert_eq!(
-            closest("cosin", ["cosine", "linear", "constant"]),
-            Some("cosine")
-        );
-        assert_eq!(
-            closest("q_porj", ["q_proj", "k_proj", "gate_proj"]),
-            Some("q_proj")
-        );
+        assert_eq!(closest("cosin", ["cosine", "linear", "constant"]), Some("cosine"));
+        assert_eq!(closest("q_porj", ["q_proj", "k_proj", "gate_proj"]), Some("q_proj"));
     }
 }

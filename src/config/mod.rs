@@ -30,41 +30,30 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use schema::{
-    DataSection, DeviceSection, EvalSection, LoraSection, ModelSection, OutputSection, TrainConfig,
-    TrainSection, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LR_SCHEDULERS,
-    TARGET_MODULES,
+    DataSection, DeviceSection, EvalSection, LoraSection, ModelSection, OutputSection, TrainConfig, TrainSection,
+    BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LR_SCHEDULERS, TARGET_MODULES,
 };
 
 impl TrainConfig {
     /// Reads the TOML file at `path`, applies `overrides` (`"train.lr=1e-4"`,
     /// in order, a later one winning) and validates the result.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         TrainConfig::from_str(&text, &path.display().to_string(), overrides)
     }
 
     /// As [`TrainConfig::from_file`], for TOML text already in memory;
     /// `source_name` stands for the file in messages.
-    pub fn from_str(
-        text: &str,
-        source_name: &str,
-        overrides: &[String],
-    ) -> Result<TrainConfig, ConfigError> {
+    pub fn from_str(text: &str, source_name: &str, overrides: &[String]) -> Result<TrainConfig, ConfigError> {
         let (mut table, mut origins) = document::parse(text, source_name)?;
         document::check_known_keys(&table, &origins)?;
         overrides::apply(&mut table, overrides, &mut origins)?;
         document::check_types(&mut table, &origins)?;
         document::check_required(&table, &origins)?;
-        let config: TrainConfig =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Deserialize {
-                    file: source_name.to_string(),
-                    message: e.message().to_string(),
-                })?;
+        let config: TrainConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Deserialize { file: source_name.to_string(), message: e.message().to_string() }
+        })?;
         validate::validate(&config, &origins)?;
         Ok(config)
     }
@@ -72,8 +61,7 @@ impl TrainConfig {
     /// The configuration as TOML, every key written out (defaults included,
     /// unset optional keys left out); reading it back gives an equal config.
     pub fn to_toml_string(&self) -> String {
-        toml::to_string(self).expect(
-            "a TrainConfig is plain tables of strings, numbers and arrays, which TOML can hold",
-        )
+        toml::to_string(self)
+            .expect("a TrainConfig is plain tables of strings, numbers and arrays, which TOML can hold")
     }
 }

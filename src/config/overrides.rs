@@ -23,29 +23,20 @@ pub(crate) struct Override {
 }
 
 pub(crate) fn parse(text: &str) -> Result<Override, ConfigError> {
-    let syntax = |reason: String| ConfigError::OverrideSyntax {
-        text: text.to_string(),
-        reason,
-    };
+    let syntax = |reason: String| ConfigError::OverrideSyntax { text: text.to_string(), reason };
     let Some((key, raw)) = text.split_once('=') else {
-        return Err(syntax(
-            "expected SECTION.KEY=VALUE, e.g. train.lr=1e-4".to_string(),
-        ));
+        return Err(syntax("expected SECTION.KEY=VALUE, e.g. train.lr=1e-4".to_string()));
     };
     let key = key.trim();
     if key.is_empty() {
-        return Err(syntax(
-            "the key before '=' is missing; expected SECTION.KEY=VALUE".to_string(),
-        ));
+        return Err(syntax("the key before '=' is missing; expected SECTION.KEY=VALUE".to_string()));
     }
     let Some((section, name)) = key.split_once('.') else {
         let hint = match keys::suggest_key(None, key) {
             Some(full) => format!(" (did you mean \"{full}\"?)"),
             None => String::new(),
         };
-        return Err(syntax(format!(
-            "\"{key}\" names no section; expected SECTION.KEY=VALUE{hint}"
-        )));
+        return Err(syntax(format!("\"{key}\" names no section; expected SECTION.KEY=VALUE{hint}")));
     };
     let at = format!("--set {text}");
     let Some(&section) = SECTIONS.iter().find(|s| **s == section) else {
@@ -68,17 +59,11 @@ pub(crate) fn parse(text: &str) -> Result<Override, ConfigError> {
         Ok(v) if !spec.kind.wants_string() => v,
         Ok(_) => Value::String(raw.to_string()),
         Err(_) => match spec.kind {
-            Kind::StrList | Kind::StrOrStrList => {
-                unquoted_list(raw).unwrap_or_else(|| Value::String(raw.to_string()))
-            }
+            Kind::StrList | Kind::StrOrStrList => unquoted_list(raw).unwrap_or_else(|| Value::String(raw.to_string())),
             _ => Value::String(raw.to_string()),
         },
     };
-    Ok(Override {
-        section: spec.section,
-        name: spec.name,
-        value,
-    })
+    Ok(Override { section: spec.section, name: spec.name, value })
 }
 
 /// `[q_proj,v_proj]`: an array whose entries lost their quotes, as the shell
@@ -89,24 +74,16 @@ fn unquoted_list(raw: &str) -> Option<Value> {
     if inner.is_empty() {
         return Some(Value::Array(Vec::new()));
     }
-    let items = inner
-        .split(',')
-        .map(|item| Value::String(item.trim().trim_matches(['"', '\'']).to_string()));
+    let items = inner.split(',').map(|item| Value::String(item.trim().trim_matches(['"', '\'']).to_string()));
     Some(Value::Array(items.collect()))
 }
 
 /// Parses and applies `overrides` in order (a later one wins), recording
 /// each key's override for messages.
-pub(crate) fn apply(
-    table: &mut Table,
-    overrides: &[String],
-    origins: &mut Origins,
-) -> Result<(), ConfigError> {
+pub(crate) fn apply(table: &mut Table, overrides: &[String], origins: &mut Origins) -> Result<(), ConfigError> {
     for text in overrides {
         let o = parse(text)?;
-        let section = table
-            .entry(o.section)
-            .or_insert_with(|| Value::Table(Table::new()));
+        let section = table.entry(o.section).or_insert_with(|| Value::Table(Table::new()));
         if let Value::Table(section) = section {
             section.insert(o.name.to_string(), o.value);
         }
@@ -128,84 +105,45 @@ mod tests {
         assert_eq!(value("train.lr=1e-4"), Value::Float(1e-4));
         assert_eq!(value("lora.r = 8"), Value::Integer(8));
         assert_eq!(value("data.packing=true"), Value::Boolean(true));
-        assert_eq!(
-            value("data.train=\"a.jsonl\""),
-            Value::String("a.jsonl".into())
-        );
+        assert_eq!(value("data.train=\"a.jsonl\""), Value::String("a.jsonl".into()));
         assert_eq!(
             value("lora.target_modules=[\"q_proj\",\"v_proj\"]"),
-            Value::Array(vec![
-                Value::String("q_proj".into()),
-                Value::String("v_proj".into())
-            ])
+            Value::Array(vec![Value::String("q_proj".into()), Value::String("v_proj".into())])
         );
         // Not TOML: a bare string.
-        assert_eq!(
-            value("model.path=models/x.gguf"),
-            Value::String("models/x.gguf".into())
-        );
-        assert_eq!(
-            value("train.lr_scheduler=linear"),
-            Value::String("linear".into())
-        );
+        assert_eq!(value("model.path=models/x.gguf"), Value::String("models/x.gguf".into()));
+        assert_eq!(value("train.lr_scheduler=linear"), Value::String("linear".into()));
         // A string key keeps what reads as a number; a number key does not.
         assert_eq!(value("output.dir=2024"), Value::String("2024".into()));
         assert_eq!(value("train.seed=2024"), Value::Integer(2024));
         // Quotes that the shell took away.
         assert_eq!(
             value("lora.target_modules=[q_proj, v_proj]"),
-            Value::Array(vec![
-                Value::String("q_proj".into()),
-                Value::String("v_proj".into())
-            ])
+            Value::Array(vec![Value::String("q_proj".into()), Value::String("v_proj".into())])
         );
-        assert_eq!(
-            value("data.train=[a.jsonl]"),
-            Value::Array(vec![Value::String("a.jsonl".into())])
-        );
-        assert_eq!(
-            value("train.lr=[1e-4]"),
-            Value::Array(vec![Value::Float(1e-4)])
-        );
+        assert_eq!(value("data.train=[a.jsonl]"), Value::Array(vec![Value::String("a.jsonl".into())]));
+        assert_eq!(value("train.lr=[1e-4]"), Value::Array(vec![Value::Float(1e-4)]));
         // `=` inside the value belongs to the value.
-        assert_eq!(
-            value("output.dir=runs/a=b"),
-            Value::String("runs/a=b".into())
-        );
+        assert_eq!(value("output.dir=runs/a=b"), Value::String("runs/a=b".into()));
     }
 
     #[test]
     fn syntax_errors_name_the_override() {
         let msg = parse("train.lr").unwrap_err().to_string();
-        assert!(
-            msg.starts_with("--set train.lr: expected SECTION.KEY=VALUE"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("--set train.lr: expected SECTION.KEY=VALUE"), "{msg}");
         let msg = parse("lr=1e-4").unwrap_err().to_string();
-        assert!(
-            msg.starts_with("--set lr=1e-4: \"lr\" names no section"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("--set lr=1e-4: \"lr\" names no section"), "{msg}");
         assert!(msg.contains("did you mean \"train.lr\"?"), "{msg}");
         let msg = parse("=1").unwrap_err().to_string();
-        assert!(
-            msg.starts_with("--set =1: the key before '=' is missing"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("--set =1: the key before '=' is missing"), "{msg}");
     }
 
     #[test]
     fn unknown_keys_and_sections_suggest_the_closest() {
         let msg = parse("train.lrr=1").unwrap_err().to_string();
-        assert_eq!(
-            msg,
-            "--set train.lrr=1: unknown key \"train.lrr\" (did you mean \"train.lr\"?)"
-        );
+        assert_eq!(msg, "--set train.lrr=1: unknown key \"train.lrr\" (did you mean \"train.lr\"?)");
         let msg = parse("trian.lr=1").unwrap_err().to_string();
-        assert!(
-            msg.starts_with("--set trian.lr=1: unknown section [trian]"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("--set trian.lr=1: unknown section [trian]"), "{msg}");
         assert!(msg.ends_with("(did you mean [train]?)"), "{msg}");
         let msg = parse("train.lr.x=1").unwrap_err().to_string();
         assert!(msg.contains("unknown key \"train.lr.x\""), "{msg}");

@@ -18,25 +18,10 @@ pub const DTYPES: &[&str] = &["f32", "bf16", "f16"];
 /// quantize the projections to at load.
 pub const QUANTIZE: &[&str] = &["gguf", "q4_0", "q4_1", "q4_k", "q8_0"];
 /// `lora.target_modules` entries: the linear layers of a Llama-family block.
-pub const TARGET_MODULES: &[&str] = &[
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub const TARGET_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 /// `data.format` values (`prompt_completion` is accepted as a spelling of
 /// `prompt-completion`, as `loratune eval --format` does).
-pub const DATA_FORMATS: &[&str] = &[
-    "auto",
-    "alpaca",
-    "messages",
-    "sharegpt",
-    "prompt-completion",
-    "text",
-];
+pub const DATA_FORMATS: &[&str] = &["auto", "alpaca", "messages", "sharegpt", "prompt-completion", "text"];
 /// `data.on_bad_record` values.
 pub const BAD_RECORD_POLICIES: &[&str] = &["error", "skip"];
 /// `data.lint` values: what lint errors in the data do to a training run.
@@ -236,17 +221,9 @@ pub struct DeviceSection {
 impl TrainConfig {
     /// A configuration with the three required values and every default,
     /// for code that builds a run without a file (tests, other commands).
-    pub fn new(
-        model_path: impl Into<String>,
-        train: Vec<String>,
-        output_dir: impl Into<String>,
-    ) -> TrainConfig {
+    pub fn new(model_path: impl Into<String>, train: Vec<String>, output_dir: impl Into<String>) -> TrainConfig {
         TrainConfig {
-            model: ModelSection {
-                path: model_path.into(),
-                dtype: None,
-                quantize: None,
-            },
+            model: ModelSection { path: model_path.into(), dtype: None, quantize: None },
             lora: LoraSection::default(),
             data: DataSection {
                 train,
@@ -280,9 +257,7 @@ impl Default for LoraSection {
             r: 16,
             alpha: 32.0,
             dropout: 0.0,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"]
-                .map(String::from)
-                .to_vec(),
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
             use_rslora: false,
             init_from: None,
         }
@@ -331,11 +306,7 @@ impl Default for EvalSection {
 
 impl Default for DeviceSection {
     fn default() -> Self {
-        DeviceSection {
-            name: "auto".to_string(),
-            threads: None,
-            gpus: None,
-        }
+        DeviceSection { name: "auto".to_string(), threads: None, gpus: None }
     }
 }
 

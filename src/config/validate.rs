@@ -7,21 +7,13 @@ use super::document::Origins;
 use super::error::ConfigError;
 use super::keys::closest;
 use super::schema::{
-    TrainConfig, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, QUANTIZE, LR_SCHEDULERS,
-    TARGET_MODULES,
+    TrainConfig, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LR_SCHEDULERS, QUANTIZE, TARGET_MODULES,
 };
 
 pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), ConfigError> {
     let c = Checker { origins };
-    let (model, lora, data, train, eval, output, device) = (
-        &cfg.model,
-        &cfg.lora,
-        &cfg.data,
-        &cfg.train,
-        &cfg.eval,
-        &cfg.output,
-        &cfg.device,
-    );
+    let (model, lora, data, train, eval, output, device) =
+        (&cfg.model, &cfg.lora, &cfg.data, &cfg.train, &cfg.eval, &cfg.output, &cfg.device);
 
     c.not_empty("model.path", &model.path)?;
     if let Some(dtype) = &model.dtype {
@@ -33,12 +25,7 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
 
     c.int("lora.r", lora.r, 1, Some(1024))?;
     c.float("lora.alpha", lora.alpha, Lo::Excl(0.0), None)?;
-    c.float(
-        "lora.dropout",
-        lora.dropout,
-        Lo::Incl(0.0),
-        Some(Hi::Excl(1.0)),
-    )?;
+    c.float("lora.dropout", lora.dropout, Lo::Incl(0.0), Some(Hi::Excl(1.0)))?;
     c.list("lora.target_modules", &lora.target_modules)?;
     for module in &lora.target_modules {
         c.one_of("lora.target_modules", module, TARGET_MODULES)?;
@@ -51,12 +38,7 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     if let Some(path) = &data.eval {
         c.not_empty("data.eval", path)?;
     }
-    c.float(
-        "data.eval_fraction",
-        data.eval_fraction,
-        Lo::Incl(0.0),
-        Some(Hi::Incl(0.5)),
-    )?;
+    c.float("data.eval_fraction", data.eval_fraction, Lo::Incl(0.0), Some(Hi::Incl(0.5)))?;
     if data.format != "prompt_completion" {
         c.one_of("data.format", &data.format, DATA_FORMATS)?;
     }
@@ -65,18 +47,18 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
         if weights.len() != data.train.len() {
             return Err(c.invalid(
                 "data.weights",
-                format!("has {} entries but data.train lists {} files (one weight per file)", weights.len(), data.train.len()),
+                format!(
+                    "has {} entries but data.train lists {} files (one weight per file)",
+                    weights.len(),
+                    data.train.len()
+                ),
             ));
         }
         for w in weights {
             c.float("data.weights", *w, Lo::Excl(0.0), None)?;
         }
     }
-    c.one_of(
-        "data.on_bad_record",
-        &data.on_bad_record,
-        BAD_RECORD_POLICIES,
-    )?;
+    c.one_of("data.on_bad_record", &data.on_bad_record, BAD_RECORD_POLICIES)?;
     c.one_of("data.lint", &data.lint, super::schema::LINT_MODES)?;
 
     c.int("train.epochs", train.epochs, 1, None)?;
@@ -90,12 +72,7 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     c.int("train.grad_accum", train.grad_accum, 1, None)?;
     c.float("train.lr", train.lr, Lo::Excl(0.0), None)?;
     c.one_of("train.lr_scheduler", &train.lr_scheduler, LR_SCHEDULERS)?;
-    c.float(
-        "train.warmup_ratio",
-        train.warmup_ratio,
-        Lo::Incl(0.0),
-        Some(Hi::Excl(1.0)),
-    )?;
+    c.float("train.warmup_ratio", train.warmup_ratio, Lo::Incl(0.0), Some(Hi::Excl(1.0)))?;
     if train.warmup_steps > 0 && train.warmup_ratio > 0.0 {
         let keys = ["train.warmup_steps", "train.warmup_ratio"];
         return Err(ConfigError::Conflict {
@@ -107,37 +84,12 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
             ),
         });
     }
-    c.float(
-        "train.min_lr_ratio",
-        train.min_lr_ratio,
-        Lo::Incl(0.0),
-        Some(Hi::Incl(1.0)),
-    )?;
-    c.float(
-        "train.weight_decay",
-        train.weight_decay,
-        Lo::Incl(0.0),
-        None,
-    )?;
-    c.float(
-        "train.adam_beta1",
-        train.adam_beta1,
-        Lo::Incl(0.0),
-        Some(Hi::Excl(1.0)),
-    )?;
-    c.float(
-        "train.adam_beta2",
-        train.adam_beta2,
-        Lo::Incl(0.0),
-        Some(Hi::Excl(1.0)),
-    )?;
+    c.float("train.min_lr_ratio", train.min_lr_ratio, Lo::Incl(0.0), Some(Hi::Incl(1.0)))?;
+    c.float("train.weight_decay", train.weight_decay, Lo::Incl(0.0), None)?;
+    c.float("train.adam_beta1", train.adam_beta1, Lo::Incl(0.0), Some(Hi::Excl(1.0)))?;
+    c.float("train.adam_beta2", train.adam_beta2, Lo::Incl(0.0), Some(Hi::Excl(1.0)))?;
     c.float("train.adam_eps", train.adam_eps, Lo::Excl(0.0), None)?;
-    c.float(
-        "train.max_grad_norm",
-        train.max_grad_norm,
-        Lo::Incl(0.0),
-        None,
-    )?;
+    c.float("train.max_grad_norm", train.max_grad_norm, Lo::Incl(0.0), None)?;
     c.int("train.log_every", train.log_every, 1, None)?;
 
     c.int("eval.batch_size", eval.batch_size, 1, None)?;
@@ -146,19 +98,15 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     }
     c.float("eval.regression_threshold", eval.regression_threshold, Lo::Incl(0.0), None)?;
     c.int("eval.max_new_tokens", eval.max_new_tokens, 1, None)?;
-    c.float(
-        "eval.early_stopping_min_delta",
-        eval.early_stopping_min_delta,
-        Lo::Incl(0.0),
-        None,
-    )?;
+    c.float("eval.early_stopping_min_delta", eval.early_stopping_min_delta, Lo::Incl(0.0), None)?;
     if eval.early_stopping_patience > 0 && data.eval.is_none() && data.eval_fraction == 0.0 {
         let keys = ["eval.early_stopping_patience", "data.eval_fraction"];
         return Err(ConfigError::Conflict {
             at: origins.at_any(&keys),
             keys,
-            reason: "eval.early_stopping_patience needs an eval set, but data.eval is not set and data.eval_fraction is 0"
-                .to_string(),
+            reason:
+                "eval.early_stopping_patience needs an eval set, but data.eval is not set and data.eval_fraction is 0"
+                    .to_string(),
         });
     }
 
@@ -195,29 +143,14 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn out_of_range(&self, key: &str, allowed: String, got: String) -> ConfigError {
-        ConfigError::OutOfRange {
-            at: self.origins.at(key),
-            key: key.to_string(),
-            allowed,
-            got,
-        }
+        ConfigError::OutOfRange { at: self.origins.at(key), key: key.to_string(), allowed, got }
     }
 
     fn invalid(&self, key: &str, reason: String) -> ConfigError {
-        ConfigError::Invalid {
-            at: self.origins.at(key),
-            key: key.to_string(),
-            reason,
-        }
+        ConfigError::Invalid { at: self.origins.at(key), key: key.to_string(), reason }
     }
 
-    fn int(
-        &self,
-        key: &str,
-        value: usize,
-        lo: usize,
-        hi: Option<usize>,
-    ) -> Result<(), ConfigError> {
+    fn int(&self, key: &str, value: usize, lo: usize, hi: Option<usize>) -> Result<(), ConfigError> {
         let ok = value >= lo && hi.is_none_or(|hi| value <= hi);
         if ok {
             return Ok(());
@@ -258,20 +191,11 @@ impl Checker<'_> {
                 format!("in {open}{lo}, {hi}{close}")
             }
         };
-        let allowed = if hi.is_none() && above {
-            format!("finite and {allowed}")
-        } else {
-            allowed
-        };
+        let allowed = if hi.is_none() && above { format!("finite and {allowed}") } else { allowed };
         Err(self.out_of_range(key, allowed, value.to_string()))
     }
 
-    fn one_of(
-        &self,
-        key: &str,
-        value: &str,
-        allowed: &'static [&'static str],
-    ) -> Result<(), ConfigError> {
+    fn one_of(&self, key: &str, value: &str, allowed: &'static [&'static str]) -> Result<(), ConfigError> {
         if allowed.contains(&value) {
             return Ok(());
         }

@@ -77,9 +77,7 @@ impl DataFormat {
             DataFormat::Alpaca => obj.contains_key("instruction"),
             DataFormat::Messages => obj.contains_key("messages"),
             DataFormat::ShareGpt => obj.contains_key("conversations"),
-            DataFormat::PromptCompletion => {
-                obj.contains_key("prompt") || obj.contains_key("completion")
-            }
+            DataFormat::PromptCompletion => obj.contains_key("prompt") || obj.contains_key("completion"),
             DataFormat::Text => obj.contains_key("text"),
         }
     }
@@ -142,18 +140,10 @@ pub enum RecordProblem {
     MissingField { field: String },
 
     #[error("field \"{field}\" must be {expected}, got {got}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-        got: &'static str,
-    },
+    WrongType { field: String, expected: &'static str, got: &'static str },
 
     #[error("{field} {role:?} is not a known role (expected {expected})")]
-    UnknownRole {
-        field: String,
-        role: String,
-        expected: &'static str,
-    },
+    UnknownRole { field: String, role: String, expected: &'static str },
 
     #[error("the conversation is empty")]
     EmptyConversation,
@@ -169,11 +159,7 @@ pub enum RecordProblem {
         "record looks like {found} but the file's format is {expected}{}",
         detected_suffix(*detected_at)
     )]
-    FormatMismatch {
-        expected: DataFormat,
-        found: DataFormat,
-        detected_at: Option<usize>,
-    },
+    FormatMismatch { expected: DataFormat, found: DataFormat, detected_at: Option<usize> },
 }
 
 fn detected_suffix(line: Option<usize>) -> String {
@@ -200,16 +186,10 @@ pub fn detect_format(value: &Value) -> Option<DataFormat> {
 /// has another format's is reported as [`RecordProblem::FormatMismatch`]
 /// (with `detected_at: None`; the file reader fills it in).
 pub fn parse_record(value: &Value, format: DataFormat) -> Result<Record, RecordProblem> {
-    let obj = value.as_object().ok_or(RecordProblem::NotAnObject {
-        got: json_kind(value),
-    })?;
+    let obj = value.as_object().ok_or(RecordProblem::NotAnObject { got: json_kind(value) })?;
     if !format.signature_in(obj) {
         if let Some(found) = detect_format(value) {
-            return Err(RecordProblem::FormatMismatch {
-                expected: format,
-                found,
-                detected_at: None,
-            });
+            return Err(RecordProblem::FormatMismatch { expected: format, found, detected_at: None });
         }
     }
     match format {
@@ -345,11 +325,14 @@ pub fn parse_prompt(value: &Value) -> Result<PromptRecord, RecordProblem> {
         Some(m) if m.role == Role::Assistant => messages.pop().map(|m| m.content),
         _ => None,
     };
-    let reference = reference.filter(|r| !(obj.contains_key("instruction") && !obj.contains_key("output") && r.is_empty()));
+    let reference =
+        reference.filter(|r| !(obj.contains_key("instruction") && !obj.contains_key("output") && r.is_empty()));
     match messages.last() {
         None => return Err(RecordProblem::EmptyConversation),
         Some(m) if m.role != Role::User => {
-            return Err(RecordProblem::MissingField { field: format!("a user turn to answer (the conversation ends with {})", m.role) })
+            return Err(RecordProblem::MissingField {
+                field: format!("a user turn to answer (the conversation ends with {})", m.role),
+            })
         }
         _ => {}
     }
@@ -374,15 +357,9 @@ fn finish_conversation(messages: Vec<Message>) -> Result<Record, RecordProblem> 
 }
 
 /// `path` is the full field path used in messages; `key` the key inside `obj`.
-fn required_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a str, RecordProblem> {
+fn required_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, RecordProblem> {
     match obj.get(key) {
-        None => Err(RecordProblem::MissingField {
-            field: path.to_owned(),
-        }),
+        None => Err(RecordProblem::MissingField { field: path.to_owned() }),
         Some(Value::String(s)) => Ok(s),
         Some(other) => Err(wrong_type(path, "a string", other)),
     }
@@ -390,10 +367,7 @@ fn required_str<'a>(
 
 /// Optional string fields accept `null` as absent: dataset exports write
 /// null for columns a row does not use.
-fn optional_str<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a str>, RecordProblem> {
+fn optional_str<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, RecordProblem> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -401,31 +375,20 @@ fn optional_str<'a>(
     }
 }
 
-fn required_array<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-) -> Result<&'a [Value], RecordProblem> {
+fn required_array<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a [Value], RecordProblem> {
     match obj.get(key) {
-        None => Err(RecordProblem::MissingField {
-            field: key.to_owned(),
-        }),
+        None => Err(RecordProblem::MissingField { field: key.to_owned() }),
         Some(Value::Array(a)) => Ok(a),
         Some(other) => Err(wrong_type(key, "an array", other)),
     }
 }
 
 fn as_object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, RecordProblem> {
-    value
-        .as_object()
-        .ok_or_else(|| wrong_type(path, "an object", value))
+    value.as_object().ok_or_else(|| wrong_type(path, "an object", value))
 }
 
 fn wrong_type(path: &str, expected: &'static str, got: &Value) -> RecordProblem {
-    RecordProblem::WrongType {
-        field: path.to_owned(),
-        expected,
-        got: json_kind(got),
-    }
+    RecordProblem::WrongType { field: path.to_owned(), expected, got: json_kind(got) }
 }
 
 /// The JSON type of `v`, with its article, for "got ..." in messages.
@@ -462,24 +425,15 @@ mod tests {
             assert_eq!(f.name().parse::<DataFormat>().unwrap(), f);
             assert_eq!(f.to_string(), f.name());
         }
-        assert_eq!(
-            "prompt-completion".parse::<DataFormat>().unwrap(),
-            DataFormat::PromptCompletion
-        );
-        assert_eq!(
-            "ShareGPT".parse::<DataFormat>().unwrap(),
-            DataFormat::ShareGpt
-        );
+        assert_eq!("prompt-completion".parse::<DataFormat>().unwrap(), DataFormat::PromptCompletion);
+        assert_eq!("ShareGPT".parse::<DataFormat>().unwrap(), DataFormat::ShareGpt);
         let err = "csv".parse::<DataFormat>().unwrap_err();
         assert!(err.contains("\"csv\"") && err.contains("alpaca"), "{err}");
     }
 
     #[test]
     fn format_serde_uses_cli_names() {
-        assert_eq!(
-            serde_json::to_string(&DataFormat::ShareGpt).unwrap(),
-            "\"sharegpt\""
-        );
+        assert_eq!(serde_json::to_string(&DataFormat::ShareGpt).unwrap(), "\"sharegpt\"");
         let f: DataFormat = serde_json::from_str("\"prompt-completion\"").unwrap();
         assert_eq!(f, DataFormat::PromptCompletion);
     }
@@ -487,16 +441,10 @@ mod tests {
     #[test]
     fn detects_each_format() {
         let cases = [
-            (
-                json!({"instruction": "a", "output": "b"}),
-                DataFormat::Alpaca,
-            ),
+            (json!({"instruction": "a", "output": "b"}), DataFormat::Alpaca),
             (json!({"messages": []}), DataFormat::Messages),
             (json!({"conversations": []}), DataFormat::ShareGpt),
-            (
-                json!({"prompt": "a", "completion": "b"}),
-                DataFormat::PromptCompletion,
-            ),
+            (json!({"prompt": "a", "completion": "b"}), DataFormat::PromptCompletion),
             (json!({"text": "a", "id": 3}), DataFormat::Text),
             // recognisable even when incomplete, so the defect gets reported
             (json!({"instruction": "a"}), DataFormat::Alpaca),
@@ -508,68 +456,39 @@ mod tests {
         assert_eq!(detect_format(&json!({"id": 1})), None);
         assert_eq!(detect_format(&json!([1])), None);
         // precedence: messages before text
-        assert_eq!(
-            detect_format(&json!({"text": "t", "messages": []})),
-            Some(DataFormat::Messages)
-        );
+        assert_eq!(detect_format(&json!({"text": "t", "messages": []})), Some(DataFormat::Messages));
     }
 
     #[test]
     fn alpaca_builds_conversation() {
-        let r = parse_record(
-            &json!({"instruction": "Sum", "input": "1 2", "output": "3", "id": 7}),
-            DataFormat::Alpaca,
-        );
-        assert_eq!(
-            conv(r.unwrap()),
-            vec![
-                (Role::User, "Sum\n\n1 2".into()),
-                (Role::Assistant, "3".into())
-            ]
-        );
+        let r =
+            parse_record(&json!({"instruction": "Sum", "input": "1 2", "output": "3", "id": 7}), DataFormat::Alpaca);
+        assert_eq!(conv(r.unwrap()), vec![(Role::User, "Sum\n\n1 2".into()), (Role::Assistant, "3".into())]);
         let r = parse_record(
             &json!({"instruction": "Hi", "input": "", "output": "", "system": "Be brief"}),
             DataFormat::Alpaca,
         );
         assert_eq!(
             conv(r.unwrap()),
-            vec![
-                (Role::System, "Be brief".into()),
-                (Role::User, "Hi".into()),
-                (Role::Assistant, "".into())
-            ]
+            vec![(Role::System, "Be brief".into()), (Role::User, "Hi".into()), (Role::Assistant, "".into())]
         );
-        let r = parse_record(
-            &json!({"instruction": "Hi", "input": null, "system": "", "output": "x"}),
-            DataFormat::Alpaca,
-        );
-        assert_eq!(
-            conv(r.unwrap()),
-            vec![(Role::User, "Hi".into()), (Role::Assistant, "x".into())]
-        );
+        let r =
+            parse_record(&json!({"instruction": "Hi", "input": null, "system": "", "output": "x"}), DataFormat::Alpaca);
+        assert_eq!(conv(r.unwrap()), vec![(Role::User, "Hi".into()), (Role::Assistant, "x".into())]);
     }
 
     #[test]
     fn alpaca_problems() {
-        assert_eq!(
-            problem(json!({"instruction": "a"}), DataFormat::Alpaca),
-            "field \"output\" is missing"
-        );
+        assert_eq!(problem(json!({"instruction": "a"}), DataFormat::Alpaca), "field \"output\" is missing");
         assert_eq!(
             problem(json!({"instruction": 4, "output": "b"}), DataFormat::Alpaca),
             "field \"instruction\" must be a string, got a number"
         );
         assert_eq!(
-            problem(
-                json!({"instruction": "a", "input": ["x"], "output": "b"}),
-                DataFormat::Alpaca
-            ),
+            problem(json!({"instruction": "a", "input": ["x"], "output": "b"}), DataFormat::Alpaca),
             "field \"input\" must be a string, got an array"
         );
-        assert_eq!(
-            problem(json!({"output": "b"}), DataFormat::Alpaca),
-            "field \"instruction\" is missing"
-        );
+        assert_eq!(problem(json!({"output": "b"}), DataFormat::Alpaca), "field \"instruction\" is missing");
     }
 
     #[test]
@@ -581,11 +500,7 @@ mod tests {
         ], "source": "web"});
         assert_eq!(
             conv(parse_record(&v, DataFormat::Messages).unwrap()),
-            vec![
-                (Role::System, "s".into()),
-                (Role::User, "u".into()),
-                (Role::Assistant, "".into())
-            ]
+            vec![(Role::System, "s".into()), (Role::User, "u".into()), (Role::Assistant, "".into())]
         );
     }
 
@@ -603,26 +518,14 @@ mod tests {
             problem(json!({"messages": [{"role":"user","content":null}]}), f),
             "field \"messages[0].content\" must be a string, got null"
         );
-        assert_eq!(
-            problem(json!({"messages": [{"content":"a"}]}), f),
-            "field \"messages[0].role\" is missing"
-        );
-        assert_eq!(
-            problem(json!({"messages": []}), f),
-            "the conversation is empty"
-        );
+        assert_eq!(problem(json!({"messages": [{"content":"a"}]}), f), "field \"messages[0].role\" is missing");
+        assert_eq!(problem(json!({"messages": []}), f), "the conversation is empty");
         assert_eq!(
             problem(json!({"messages": [{"role":"user","content":"a"}]}), f),
             "conversation has no assistant turn"
         );
-        assert_eq!(
-            problem(json!({"messages": "hi"}), f),
-            "field \"messages\" must be an array, got a string"
-        );
-        assert_eq!(
-            problem(json!({"messages": ["hi"]}), f),
-            "field \"messages[0]\" must be an object, got a string"
-        );
+        assert_eq!(problem(json!({"messages": "hi"}), f), "field \"messages\" must be an array, got a string");
+        assert_eq!(problem(json!({"messages": ["hi"]}), f), "field \"messages[0]\" must be an object, got a string");
         assert_eq!(
             problem(json!({"messages": [{"role": 1, "content": "a"}]}), f),
             "field \"messages[0].role\" must be a string, got a number"
@@ -650,25 +553,16 @@ mod tests {
             ]
         );
         assert_eq!(
-            problem(
-                json!({"conversations": [{"from":"human","value":"a"},{"from":"gpt","value":3}]}),
-                f
-            ),
+            problem(json!({"conversations": [{"from":"human","value":"a"},{"from":"gpt","value":3}]}), f),
             "field \"conversations[1].value\" must be a string, got a number"
         );
         assert_eq!(
             problem(json!({"conversations": [{"from":"bot","value":"a"}]}), f),
             "conversations[0].from \"bot\" is not a known role (expected system, human, gpt, user or assistant)"
         );
+        assert_eq!(problem(json!({"conversations": []}), f), "the conversation is empty");
         assert_eq!(
-            problem(json!({"conversations": []}), f),
-            "the conversation is empty"
-        );
-        assert_eq!(
-            problem(
-                json!({"conversations": [{"from":"system","value":"a"},{"from":"human","value":"b"}]}),
-                f
-            ),
+            problem(json!({"conversations": [{"from":"system","value":"a"},{"from":"human","value":"b"}]}), f),
             "conversation has no assistant turn"
         );
     }
@@ -676,44 +570,22 @@ mod tests {
     #[test]
     fn prompt_completion_and_text() {
         assert_eq!(
-            parse_record(
-                &json!({"prompt": "p", "completion": "c"}),
-                DataFormat::PromptCompletion
-            )
-            .unwrap(),
-            Record::PromptCompletion {
-                prompt: "p".into(),
-                completion: "c".into()
-            }
+            parse_record(&json!({"prompt": "p", "completion": "c"}), DataFormat::PromptCompletion).unwrap(),
+            Record::PromptCompletion { prompt: "p".into(), completion: "c".into() }
         );
-        assert_eq!(
-            problem(json!({"prompt": "p"}), DataFormat::PromptCompletion),
-            "field \"completion\" is missing"
-        );
+        assert_eq!(problem(json!({"prompt": "p"}), DataFormat::PromptCompletion), "field \"completion\" is missing");
         assert_eq!(
             parse_record(&json!({"text": "t", "meta": {}}), DataFormat::Text).unwrap(),
             Record::Text("t".into())
         );
-        assert_eq!(
-            problem(json!({"text": null}), DataFormat::Text),
-            "field \"text\" must be a string, got null"
-        );
-        assert_eq!(
-            problem(json!({"body": "t"}), DataFormat::Text),
-            "field \"text\" is missing"
-        );
+        assert_eq!(problem(json!({"text": null}), DataFormat::Text), "field \"text\" must be a string, got null");
+        assert_eq!(problem(json!({"body": "t"}), DataFormat::Text), "field \"text\" is missing");
     }
 
     #[test]
     fn non_objects_and_mismatches() {
-        assert_eq!(
-            problem(json!([1, 2]), DataFormat::Text),
-            "record must be a JSON object, got an array"
-        );
-        assert_eq!(
-            problem(json!("x"), DataFormat::Alpaca),
-            "record must be a JSON object, got a string"
-        );
+        assert_eq!(problem(json!([1, 2]), DataFormat::Text), "record must be a JSON object, got an array");
+        assert_eq!(problem(json!("x"), DataFormat::Alpaca), "record must be a JSON object, got a string");
         let p = parse_record(&json!({"conversations": []}), DataFormat::Alpaca).unwrap_err();
         assert_eq!(
             p,
@@ -723,18 +595,12 @@ mod tests {
                 detected_at: None
             }
         );
-        assert_eq!(
-            p.to_string(),
-            "record looks like sharegpt but the file's format is alpaca"
-        );
+        assert_eq!(p.to_string(), "record looks like sharegpt but the file's format is alpaca");
         let p = RecordProblem::FormatMismatch {
             expected: DataFormat::Text,
             found: DataFormat::Messages,
             detected_at: Some(1),
         };
-        assert_eq!(
-            p.to_string(),
-            "record looks like messages but the file's format is text (detected from line 1)"
-        );
+        assert_eq!(p.to_string(), "record looks like messages but the file's format is text (detected from line 1)");
     }
 }

@@ -48,9 +48,7 @@ impl FromStr for BadRecordPolicy {
         match s.trim().to_ascii_lowercase().as_str() {
             "error" => Ok(BadRecordPolicy::Error),
             "skip" => Ok(BadRecordPolicy::Skip),
-            _ => Err(format!(
-                "unknown bad-record policy {s:?} (expected error or skip)"
-            )),
+            _ => Err(format!("unknown bad-record policy {s:?} (expected error or skip)")),
         }
     }
 }
@@ -67,54 +65,25 @@ pub enum DataError {
     /// The file could not be opened.
     Open { path: PathBuf, error: io::Error },
     /// Reading failed part way through.
-    Read {
-        path: PathBuf,
-        line: usize,
-        error: io::Error,
-    },
+    Read { path: PathBuf, line: usize, error: io::Error },
     /// `offset` is the 0-based byte offset, from the start of the line, of the
     /// first byte that is not valid UTF-8.
-    InvalidUtf8 {
-        path: PathBuf,
-        line: usize,
-        offset: usize,
-    },
+    InvalidUtf8 { path: PathBuf, line: usize, offset: usize },
     /// `message` is serde_json's, without its position; `column` is 1-based.
-    InvalidJson {
-        path: PathBuf,
-        line: usize,
-        message: String,
-        column: usize,
-    },
+    InvalidJson { path: PathBuf, line: usize, message: String, column: usize },
     /// Valid JSON that is not a usable record.
-    Record {
-        path: PathBuf,
-        line: usize,
-        problem: RecordProblem,
-    },
+    Record { path: PathBuf, line: usize, problem: RecordProblem },
     /// The first JSON object matches no format and none was given.
-    Undetectable {
-        path: PathBuf,
-        line: usize,
-        keys: Vec<String>,
-    },
+    Undetectable { path: PathBuf, line: usize, keys: Vec<String> },
     /// Nothing but blank lines.
     NoRecords { path: PathBuf },
     /// Under [`BadRecordPolicy::Skip`], every record was bad; all their errors.
-    AllBad {
-        path: PathBuf,
-        skipped: Vec<DataError>,
-    },
+    AllBad { path: PathBuf, skipped: Vec<DataError> },
 }
 
 /// Formats in the order users think of them, for "expected ..." lists.
-const LISTED_FORMATS: [DataFormat; 5] = [
-    DataFormat::Alpaca,
-    DataFormat::Messages,
-    DataFormat::ShareGpt,
-    DataFormat::PromptCompletion,
-    DataFormat::Text,
-];
+const LISTED_FORMATS: [DataFormat; 5] =
+    [DataFormat::Alpaca, DataFormat::Messages, DataFormat::ShareGpt, DataFormat::PromptCompletion, DataFormat::Text];
 
 impl DataError {
     pub fn path(&self) -> &Path {
@@ -145,12 +114,7 @@ impl DataError {
     /// Whether this is one bad line, which [`BadRecordPolicy::Skip`] may
     /// pass over, as opposed to a problem with the file as a whole.
     pub fn is_bad_record(&self) -> bool {
-        matches!(
-            self,
-            DataError::InvalidUtf8 { .. }
-                | DataError::InvalidJson { .. }
-                | DataError::Record { .. }
-        )
+        matches!(self, DataError::InvalidUtf8 { .. } | DataError::InvalidJson { .. } | DataError::Record { .. })
     }
 
     /// The message without the leading `path:line: `.
@@ -161,9 +125,7 @@ impl DataError {
             DataError::InvalidUtf8 { offset, .. } => {
                 format!("line is not valid UTF-8 (invalid byte at offset {offset})")
             }
-            DataError::InvalidJson {
-                message, column, ..
-            } => {
+            DataError::InvalidJson { message, column, .. } => {
                 format!("invalid JSON: {message} at column {column}")
             }
             DataError::Record { problem, .. } => problem.to_string(),
@@ -174,10 +136,8 @@ impl DataError {
                     let quoted: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
                     format!("it has keys {}", quoted.join(", "))
                 };
-                let expected: Vec<String> = LISTED_FORMATS
-                    .iter()
-                    .map(|f| format!("{f} ({})", f.required_fields().join(", ")))
-                    .collect();
+                let expected: Vec<String> =
+                    LISTED_FORMATS.iter().map(|f| format!("{f} ({})", f.required_fields().join(", "))).collect();
                 let (last, rest) = expected.split_last().expect("formats listed");
                 format!(
                     "could not detect the format of the first record: {has}; expected {} or {last}",
@@ -220,15 +180,8 @@ impl fmt::Display for DataError {
 /// `format: None` detects the format from the first line that parses as a
 /// JSON object; later lines of another format are bad records. Blank lines
 /// are ignored; a UTF-8 BOM on line 1 and CRLF endings are accepted.
-pub fn read_jsonl(
-    path: &Path,
-    format: Option<DataFormat>,
-    on_bad: BadRecordPolicy,
-) -> Result<Dataset, DataError> {
-    let file = File::open(path).map_err(|error| DataError::Open {
-        path: path.to_owned(),
-        error,
-    })?;
+pub fn read_jsonl(path: &Path, format: Option<DataFormat>, on_bad: BadRecordPolicy) -> Result<Dataset, DataError> {
+    let file = File::open(path).map_err(|error| DataError::Open { path: path.to_owned(), error })?;
     read_jsonl_from(BufReader::new(file), path, format, on_bad)
 }
 
@@ -240,24 +193,18 @@ pub fn read_jsonl_from<R: BufRead>(
     format: Option<DataFormat>,
     on_bad: BadRecordPolicy,
 ) -> Result<Dataset, DataError> {
-    let mut state = LineParser {
-        path,
-        format,
-        detected_at: None,
-    };
+    let mut state = LineParser { path, format, detected_at: None };
     let mut examples = Vec::new();
     let mut skipped = Vec::new();
     let mut buf = Vec::new();
     let mut line = 0usize;
     loop {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|error| DataError::Read {
-                path: path.to_owned(),
-                line: line + 1,
-                error,
-            })?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(|error| DataError::Read {
+            path: path.to_owned(),
+            line: line + 1,
+            error,
+        })?;
         if n == 0 {
             break;
         }
@@ -272,14 +219,9 @@ pub fn read_jsonl_from<R: BufRead>(
 
     let Some(format) = state.format.filter(|_| !examples.is_empty()) else {
         return Err(if skipped.is_empty() {
-            DataError::NoRecords {
-                path: path.to_owned(),
-            }
+            DataError::NoRecords { path: path.to_owned() }
         } else {
-            DataError::AllBad {
-                path: path.to_owned(),
-                skipped,
-            }
+            DataError::AllBad { path: path.to_owned(), skipped }
         });
     };
     Ok(Dataset {
@@ -301,7 +243,8 @@ struct LineParser<'a> {
 
 /// One line's JSON value; `Ok(None)` for a blank line.
 fn parse_json_line(path: &Path, line: usize, raw: &[u8]) -> Result<Option<Value>, DataError> {
-    let text = decode_line(raw, line).map_err(|offset| DataError::InvalidUtf8 { path: path.to_owned(), line, offset })?;
+    let text =
+        decode_line(raw, line).map_err(|offset| DataError::InvalidUtf8 { path: path.to_owned(), line, offset })?;
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -320,13 +263,21 @@ pub fn read_prompts(path: &Path) -> Result<Vec<(usize, super::PromptRecord)>, Da
     let (mut out, mut buf, mut line) = (Vec::new(), Vec::new(), 0usize);
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|error| DataError::Read { path: path.to_owned(), line: line + 1, error })?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(|error| DataError::Read {
+            path: path.to_owned(),
+            line: line + 1,
+            error,
+        })?;
         if n == 0 {
             break;
         }
         line += 1;
         if let Some(value) = parse_json_line(path, line, &buf)? {
-            let prompt = super::parse_prompt(&value).map_err(|problem| DataError::Record { path: path.to_owned(), line, problem })?;
+            let prompt = super::parse_prompt(&value).map_err(|problem| DataError::Record {
+                path: path.to_owned(),
+                line,
+                problem,
+            })?;
             out.push((line, prompt));
         }
     }
@@ -344,14 +295,8 @@ impl LineParser<'_> {
             return Ok(None);
         };
         let Some(obj) = value.as_object() else {
-            let problem = RecordProblem::NotAnObject {
-                got: json_kind(&value),
-            };
-            return Err(DataError::Record {
-                path: path(),
-                line,
-                problem,
-            });
+            let problem = RecordProblem::NotAnObject { got: json_kind(&value) };
+            return Err(DataError::Record { path: path(), line, problem });
         };
         let format = match self.format {
             Some(f) => f,
@@ -366,18 +311,12 @@ impl LineParser<'_> {
                 f
             }
         };
-        parse_record(&value, format)
-            .map(Some)
-            .map_err(|mut problem| {
-                if let RecordProblem::FormatMismatch { detected_at, .. } = &mut problem {
-                    *detected_at = self.detected_at;
-                }
-                DataError::Record {
-                    path: path(),
-                    line,
-                    problem,
-                }
-            })
+        parse_record(&value, format).map(Some).map_err(|mut problem| {
+            if let RecordProblem::FormatMismatch { detected_at, .. } = &mut problem {
+                *detected_at = self.detected_at;
+            }
+            DataError::Record { path: path(), line, problem }
+        })
     }
 }
 
@@ -435,27 +374,15 @@ mod tests {
         let e = r.expect_err("expected an error");
         let shown = e.to_string();
         let prefix = path.display().to_string();
-        assert!(
-            shown.contains(&prefix),
-            "message does not name the file: {shown}"
-        );
+        assert!(shown.contains(&prefix), "message does not name the file: {shown}");
         shown.replace(&prefix, "data/train.jsonl")
     }
 
     #[test]
     fn policy_parses() {
-        assert_eq!(
-            "skip".parse::<BadRecordPolicy>().unwrap(),
-            BadRecordPolicy::Skip
-        );
-        assert_eq!(
-            "Error".parse::<BadRecordPolicy>().unwrap(),
-            BadRecordPolicy::Error
-        );
-        assert!("ignore"
-            .parse::<BadRecordPolicy>()
-            .unwrap_err()
-            .contains("expected error or skip"));
+        assert_eq!("skip".parse::<BadRecordPolicy>().unwrap(), BadRecordPolicy::Skip);
+        assert_eq!("Error".parse::<BadRecordPolicy>().unwrap(), BadRecordPolicy::Error);
+        assert!("ignore".parse::<BadRecordPolicy>().unwrap_err().contains("expected error or skip"));
         assert_eq!(BadRecordPolicy::Skip.to_string(), "skip");
         assert_eq!(BadRecordPolicy::default(), BadRecordPolicy::Error);
     }
@@ -463,22 +390,13 @@ mod tests {
     #[test]
     fn reads_every_format_by_detection() {
         let cases: [(&str, DataFormat); 5] = [
-            (
-                r#"{"instruction":"i","input":"x","output":"o"}"#,
-                DataFormat::Alpaca,
-            ),
+            (r#"{"instruction":"i","input":"x","output":"o"}"#, DataFormat::Alpaca),
             (
                 r#"{"messages":[{"role":"user","content":"u"},{"role":"assistant","content":"a"}]}"#,
                 DataFormat::Messages,
             ),
-            (
-                r#"{"conversations":[{"from":"human","value":"u"},{"from":"gpt","value":"a"}]}"#,
-                DataFormat::ShareGpt,
-            ),
-            (
-                r#"{"prompt":"p","completion":"c"}"#,
-                DataFormat::PromptCompletion,
-            ),
+            (r#"{"conversations":[{"from":"human","value":"u"},{"from":"gpt","value":"a"}]}"#, DataFormat::ShareGpt),
+            (r#"{"prompt":"p","completion":"c"}"#, DataFormat::PromptCompletion),
             (r#"{"text":"t","id":1}"#, DataFormat::Text),
         ];
         for (line, format) in cases {
@@ -506,21 +424,14 @@ mod tests {
         let m = ds.examples[0].record.messages().unwrap();
         assert_eq!(m.len(), 3);
         assert_eq!((m[0].role, m[0].content.as_str()), (Role::System, "S"));
-        assert_eq!(
-            (m[1].role, m[1].content.as_str()),
-            (Role::User, "Add\n\n1 2")
-        );
+        assert_eq!((m[1].role, m[1].content.as_str()), (Role::User, "Add\n\n1 2"));
         assert_eq!((m[2].role, m[2].content.as_str()), (Role::Assistant, "3"));
     }
 
     #[test]
     fn explicit_format_wins() {
         // Detection would say messages (it comes first); the caller says text.
-        let (r, _p, _d) = read(
-            br#"{"text":"t","messages":[]}"#,
-            Some(DataFormat::Text),
-            BadRecordPolicy::Error,
-        );
+        let (r, _p, _d) = read(br#"{"text":"t","messages":[]}"#, Some(DataFormat::Text), BadRecordPolicy::Error);
         let ds = r.unwrap();
         assert_eq!(ds.format, DataFormat::Text);
         assert_eq!(ds.format_detected_at, None);
@@ -537,18 +448,10 @@ mod tests {
         let body = b"\xEF\xBB\xBF{\"text\":\"a\"}\r\n\r\n   \n\t\r\n{\"text\":\"b\\r\"}\r\n\n{\"text\":\"c\"}";
         let (r, _p, _d) = read(body, None, BadRecordPolicy::Error);
         let ds = r.unwrap();
-        let got: Vec<(usize, Record)> = ds
-            .examples
-            .into_iter()
-            .map(|e| (e.line, e.record))
-            .collect();
+        let got: Vec<(usize, Record)> = ds.examples.into_iter().map(|e| (e.line, e.record)).collect();
         assert_eq!(
             got,
-            vec![
-                (1, Record::Text("a".into())),
-                (5, Record::Text("b\r".into())),
-                (7, Record::Text("c".into())),
-            ]
+            vec![(1, Record::Text("a".into())), (5, Record::Text("b\r".into())), (7, Record::Text("c".into())),]
         );
         assert_eq!(ds.lines_read, 7);
         assert!(ds.skipped.is_empty());
@@ -558,10 +461,7 @@ mod tests {
     fn bom_is_only_special_on_line_one() {
         let body = b"{\"text\":\"a\"}\n\xEF\xBB\xBF{\"text\":\"b\"}\n";
         let shown = err(body, None);
-        assert!(
-            shown.starts_with("data/train.jsonl:2: invalid JSON: "),
-            "{shown}"
-        );
+        assert!(shown.starts_with("data/train.jsonl:2: invalid JSON: "), "{shown}");
     }
 
     #[test]
@@ -628,10 +528,7 @@ mod tests {
     fn invalid_utf8_is_reported_not_panicked() {
         let mut body = b"{\"text\":\"a\"}\n\n\n\n".to_vec();
         body.extend_from_slice(b"{\"text\":\"ab\xFFc\"}\n");
-        assert_eq!(
-            err(&body, None),
-            "data/train.jsonl:5: line is not valid UTF-8 (invalid byte at offset 11)"
-        );
+        assert_eq!(err(&body, None), "data/train.jsonl:5: line is not valid UTF-8 (invalid byte at offset 11)");
         // The offset counts from the raw line start, BOM included.
         assert_eq!(
             err(b"\xEF\xBB\xBF{\"text\":\"\xC3\"}\n", None),
@@ -642,10 +539,7 @@ mod tests {
     #[test]
     fn file_level_errors() {
         assert_eq!(err(b"", None), "data/train.jsonl: file has no records");
-        assert_eq!(
-            err(b"\n  \r\n\n", Some(DataFormat::Text)),
-            "data/train.jsonl: file has no records"
-        );
+        assert_eq!(err(b"\n  \r\n\n", Some(DataFormat::Text)), "data/train.jsonl: file has no records");
         assert_eq!(
             err(b"\n{\"id\":1,\"question\":\"q\"}\n", None),
             "data/train.jsonl:2: could not detect the format of the first record: it has keys \"id\", \"question\"; \
@@ -660,20 +554,13 @@ mod tests {
         assert!(matches!(e, DataError::Open { .. }));
         assert!(!e.is_bad_record());
         let shown = e.to_string();
-        assert!(
-            shown.starts_with(&format!("cannot open {}: ", missing.display())),
-            "{shown}"
-        );
+        assert!(shown.starts_with(&format!("cannot open {}: ", missing.display())), "{shown}");
     }
 
     #[test]
     fn detection_is_file_level_even_when_skipping() {
         // Lines before the first object are bad records; the first object decides.
-        let (r, _p, _d) = read(
-            b"nope\n[1]\n{\"x\":1}\n{\"text\":\"t\"}\n",
-            None,
-            BadRecordPolicy::Skip,
-        );
+        let (r, _p, _d) = read(b"nope\n[1]\n{\"x\":1}\n{\"text\":\"t\"}\n", None, BadRecordPolicy::Skip);
         let e = r.unwrap_err();
         assert!(matches!(e, DataError::Undetectable { line: 3, .. }), "{e}");
     }
@@ -685,28 +572,13 @@ mod tests {
         let ds = r.unwrap();
         assert_eq!(ds.format, DataFormat::Text);
         assert_eq!(ds.format_detected_at, Some(2));
-        assert_eq!(
-            ds.examples.iter().map(|e| e.line).collect::<Vec<_>>(),
-            vec![2, 7]
-        );
-        assert_eq!(
-            ds.skipped
-                .iter()
-                .map(|e| e.line().unwrap())
-                .collect::<Vec<_>>(),
-            vec![1, 4, 5, 6]
-        );
+        assert_eq!(ds.examples.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 7]);
+        assert_eq!(ds.skipped.iter().map(|e| e.line().unwrap()).collect::<Vec<_>>(), vec![1, 4, 5, 6]);
         assert!(ds.skipped.iter().all(DataError::is_bad_record));
         assert_eq!(ds.lines_read, 7);
         assert!(matches!(
             &ds.skipped[2],
-            DataError::Record {
-                problem: RecordProblem::FormatMismatch {
-                    detected_at: Some(2),
-                    ..
-                },
-                ..
-            }
+            DataError::Record { problem: RecordProblem::FormatMismatch { detected_at: Some(2), .. }, .. }
         ));
 
         let report = ds.skip_report(2).unwrap();
@@ -716,28 +588,20 @@ mod tests {
              line 1: invalid JSON: expected ident at column 2; \
              line 4: field \"text\" must be a string, got a number (and 2 more)"
         );
-        assert!(ds
-            .skip_report(10)
-            .unwrap()
-            .ends_with("(invalid byte at offset 0)"));
+        assert!(ds.skip_report(10).unwrap().ends_with("(invalid byte at offset 0)"));
     }
 
     #[test]
     fn error_policy_stops_at_first_bad_line() {
         let body = b"{\"text\":\"a\"}\n{\"text\":5}\nnope\n";
-        assert_eq!(
-            err(body, None),
-            "data/train.jsonl:2: field \"text\" must be a string, got a number"
-        );
+        assert_eq!(err(body, None), "data/train.jsonl:2: field \"text\" must be a string, got a number");
     }
 
     #[test]
     fn all_bad_is_an_error_even_when_skipping() {
         let (r, path, _d) = read(b"nope\n\n{\"text\":1}\n", None, BadRecordPolicy::Skip);
         let e = r.unwrap_err();
-        let DataError::AllBad { skipped, .. } = &e else {
-            panic!("{e}")
-        };
+        let DataError::AllBad { skipped, .. } = &e else { panic!("{e}") };
         assert_eq!(skipped.len(), 2);
         assert_eq!(
             e.to_string().replace(&path.display().to_string(), "data/train.jsonl"),
@@ -748,8 +612,7 @@ mod tests {
     #[test]
     fn reads_from_any_reader() {
         let data = &b"{\"prompt\":\"p\",\"completion\":\"c\"}\n"[..];
-        let ds =
-            read_jsonl_from(data, Path::new("mem.jsonl"), None, BadRecordPolicy::Error).unwrap();
+        let ds = read_jsonl_from(data, Path::new("mem.jsonl"), None, BadRecordPolicy::Error).unwrap();
         assert_eq!(ds.format, DataFormat::PromptCompletion);
         assert_eq!(ds.skip_report(3), None);
     }

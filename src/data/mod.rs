@@ -62,22 +62,10 @@ impl Dataset {
         let k = self.skipped.len();
         let total = k + self.examples.len();
         let noun = if k == 1 { "record" } else { "records" };
-        let mut s = format!(
-            "skipped {k} bad {noun} of {total} in {}",
-            self.path.display()
-        );
-        let shown: Vec<String> = self
-            .skipped
-            .iter()
-            .take(n)
-            .map(jsonl::located_reason)
-            .collect();
+        let mut s = format!("skipped {k} bad {noun} of {total} in {}", self.path.display());
+        let shown: Vec<String> = self.skipped.iter().take(n).map(jsonl::located_reason).collect();
         if !shown.is_empty() {
-            let label = if shown.len() == 1 {
-                "first reason"
-            } else {
-                "first reasons"
-            };
+            let label = if shown.len() == 1 { "first reason" } else { "first reasons" };
             s.push_str(&format!("; {label}: {}", shown.join("; ")));
         }
         if k > shown.len() && !shown.is_empty() {

@@ -48,13 +48,16 @@ impl RankEnv {
         if world_size == 0 {
             bail!("WORLD_SIZE=0: a group has at least one process");
         }
-        let rank = number::<usize>(get, "RANK")?.context("WORLD_SIZE is set but RANK is not: each process needs its RANK, 0..WORLD_SIZE-1")?;
+        let rank = number::<usize>(get, "RANK")?
+            .context("WORLD_SIZE is set but RANK is not: each process needs its RANK, 0..WORLD_SIZE-1")?;
         if rank >= world_size {
             bail!("RANK={rank} is not below WORLD_SIZE={world_size}");
         }
         let local_rank = number::<usize>(get, "LOCAL_RANK")?.unwrap_or(rank);
         let master_addr = var(get, "MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".to_string());
-        let master_port = number::<u16>(get, "MASTER_PORT").map_err(|e| e.context("MASTER_PORT is a TCP port, 1..65535"))?.unwrap_or(DEFAULT_PORT);
+        let master_port = number::<u16>(get, "MASTER_PORT")
+            .map_err(|e| e.context("MASTER_PORT is a TCP port, 1..65535"))?
+            .unwrap_or(DEFAULT_PORT);
         if master_port == 0 {
             bail!("MASTER_PORT=0: give the port rank 0 listens on");
         }
@@ -116,8 +119,18 @@ mod tests {
 
     #[test]
     fn rank_variables_are_read_and_checked() {
-        let e = RankEnv::from_vars(&vars(&[("RANK", "1"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "10.0.0.2"), ("MASTER_PORT", "29600")])).unwrap().unwrap();
-        assert_eq!(e, RankEnv { rank: 1, world_size: 4, local_rank: 1, master_addr: "10.0.0.2".into(), master_port: 29600 });
+        let e = RankEnv::from_vars(&vars(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "4"),
+            ("MASTER_ADDR", "10.0.0.2"),
+            ("MASTER_PORT", "29600"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            e,
+            RankEnv { rank: 1, world_size: 4, local_rank: 1, master_addr: "10.0.0.2".into(), master_port: 29600 }
+        );
         let e = RankEnv::from_vars(&vars(&[("RANK", "5"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1")])).unwrap().unwrap();
         assert_eq!((e.local_rank, e.master_addr.as_str(), e.master_port), (1, "127.0.0.1", DEFAULT_PORT));
         for (pairs, says) in [
@@ -133,10 +146,19 @@ mod tests {
 
     #[test]
     fn several_machines_need_the_master_address() {
-        assert_eq!(NodeEnv::from_vars(&vars(&[])).unwrap(), NodeEnv { nnodes: 1, node_rank: 0, master_addr: None, master_port: None });
+        assert_eq!(
+            NodeEnv::from_vars(&vars(&[])).unwrap(),
+            NodeEnv { nnodes: 1, node_rank: 0, master_addr: None, master_port: None }
+        );
         let e = NodeEnv::from_vars(&vars(&[("NNODES", "2"), ("NODE_RANK", "1")])).unwrap_err();
         assert!(e.to_string().contains("set MASTER_ADDR and MASTER_PORT"), "{e}");
-        let n = NodeEnv::from_vars(&vars(&[("NNODES", "2"), ("NODE_RANK", "1"), ("MASTER_ADDR", "h0"), ("MASTER_PORT", "29500")])).unwrap();
+        let n = NodeEnv::from_vars(&vars(&[
+            ("NNODES", "2"),
+            ("NODE_RANK", "1"),
+            ("MASTER_ADDR", "h0"),
+            ("MASTER_PORT", "29500"),
+        ]))
+        .unwrap();
         assert_eq!((n.nnodes, n.node_rank), (2, 1));
         assert!(NodeEnv::from_vars(&vars(&[("NNODES", "2"), ("NODE_RANK", "2")])).is_err());
     }

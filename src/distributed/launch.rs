@@ -166,7 +166,10 @@ mod tests {
         let node = NodeEnv { nnodes: 2, node_rank: 1, master_addr: Some("h0".into()), master_port: Some(29500) };
         let vars = rank_vars(2, 4, &node, "h0", 29500);
         let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        assert_eq!((get("RANK"), get("WORLD_SIZE"), get("LOCAL_RANK"), get("LOCAL_WORLD_SIZE")), (Some("6"), Some("8"), Some("2"), Some("4")));
+        assert_eq!(
+            (get("RANK"), get("WORLD_SIZE"), get("LOCAL_RANK"), get("LOCAL_WORLD_SIZE")),
+            (Some("6"), Some("8"), Some("2"), Some("4"))
+        );
         assert_eq!((get("MASTER_ADDR"), get("MASTER_PORT")), (Some("h0"), Some("29500")));
     }
 }

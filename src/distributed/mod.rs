@@ -72,7 +72,9 @@ impl ProcessGroup {
     /// `LORATUNE_COLLECTIVES=host`).
     pub fn join(env: &RankEnv, device: &Device) -> Result<ProcessGroup> {
         let timeout = match std::env::var(TIMEOUT_VAR) {
-            Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| anyhow::anyhow!("{TIMEOUT_VAR}={v}: not a number of seconds"))?),
+            Ok(v) => Duration::from_secs(
+                v.trim().parse().map_err(|_| anyhow::anyhow!("{TIMEOUT_VAR}={v}: not a number of seconds"))?,
+            ),
             Err(_) => Duration::from_secs(600),
         };
         let host = TcpGroup::connect(env.rank, env.world_size, &env.master_addr, env.master_port, timeout)?;
@@ -140,7 +142,8 @@ impl ProcessGroup {
             return Ok(tensors.to_vec());
         }
         let device = tensors[0].device().clone();
-        let flat: Vec<Tensor> = tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<_>>()?;
+        let flat: Vec<Tensor> =
+            tensors.iter().map(|t| t.to_dtype(DType::F32)?.flatten_all()).collect::<candle_core::Result<_>>()?;
         let flat = Tensor::cat(&flat, 0)?;
         let n = flat.elem_count();
         let summed = match self.backend {
@@ -180,7 +183,11 @@ impl ProcessGroup {
         self.broadcast(&mut root)?;
         let mut differs = [f64::from(u8::from(root != mine))];
         self.sum_f64(&mut differs)?;
-        anyhow::ensure!(differs[0] == 0.0, "{what}: {} rank(s) hold weights that differ from rank 0's: the ranks have diverged", differs[0]);
+        anyhow::ensure!(
+            differs[0] == 0.0,
+            "{what}: {} rank(s) hold weights that differ from rank 0's: the ranks have diverged",
+            differs[0]
+        );
         Ok(())
     }
 }

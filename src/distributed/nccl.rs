@@ -54,12 +54,16 @@ impl CustomOp1 for AllReduceSum<'_> {
 
     fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let src = s.as_cuda_slice::<f32>()?;
-        let Some((start, end)) = l.contiguous_offsets() else { candle_core::bail!("NCCL all-reduce needs a contiguous tensor") };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("NCCL all-reduce needs a contiguous tensor")
+        };
         let src = src.slice(start..end);
         let dev = s.device().clone();
         // SAFETY: NCCL writes every element of `dst` before anything reads it.
         let mut dst = unsafe { dev.alloc::<f32>(end - start)? };
-        self.comm.all_reduce(&src, &mut dst, &ReduceOp::Sum).map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
+        self.comm
+            .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+            .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
         Ok((CudaStorage::wrap_cuda_slice(dst, dev), l.shape().clone()))
     }
 }

@@ -62,7 +62,8 @@ struct Links {
 }
 
 fn resolve(addr: &str, port: u16) -> Result<Vec<SocketAddr>> {
-    let addrs: Vec<SocketAddr> = (addr, port).to_socket_addrs().with_context(|| format!("MASTER_ADDR {addr}: cannot resolve it"))?.collect();
+    let addrs: Vec<SocketAddr> =
+        (addr, port).to_socket_addrs().with_context(|| format!("MASTER_ADDR {addr}: cannot resolve it"))?.collect();
     anyhow::ensure!(!addrs.is_empty(), "MASTER_ADDR {addr}: resolves to no address");
     Ok(addrs)
 }
@@ -89,7 +90,11 @@ impl TcpGroup {
     pub fn connect(rank: usize, world_size: usize, addr: &str, port: u16, timeout: Duration) -> Result<TcpGroup> {
         anyhow::ensure!(world_size >= 1 && rank < world_size, "rank {rank} is not below the world size {world_size}");
         let deadline = Instant::now() + timeout;
-        let streams = if rank == 0 { Self::accept_all(world_size, addr, port, deadline, timeout)? } else { vec![Self::dial(rank, world_size, addr, port, deadline, timeout)?] };
+        let streams = if rank == 0 {
+            Self::accept_all(world_size, addr, port, deadline, timeout)?
+        } else {
+            vec![Self::dial(rank, world_size, addr, port, deadline, timeout)?]
+        };
         for s in &streams {
             s.set_nodelay(true)?;
             s.set_read_timeout(None)?;
@@ -98,7 +103,13 @@ impl TcpGroup {
         Ok(TcpGroup { rank, world_size, state: Mutex::new(Links { streams, seq: 0 }) })
     }
 
-    fn accept_all(world_size: usize, addr: &str, port: u16, deadline: Instant, timeout: Duration) -> Result<Vec<TcpStream>> {
+    fn accept_all(
+        world_size: usize,
+        addr: &str,
+        port: u16,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Vec<TcpStream>> {
         let mut slots: Vec<Option<TcpStream>> = (1..world_size).map(|_| None).collect();
         if world_size == 1 {
             return Ok(Vec::new());
@@ -126,7 +137,10 @@ impl TcpGroup {
                         bail!("rank {r} at {peer} has WORLD_SIZE={w}, rank 0 has {world_size}: every rank must be given the same world size");
                     }
                     if r == 0 || r >= world_size {
-                        bail!("a rank at {peer} says it is rank {r}; ranks of this group are 1..{} besides rank 0", world_size - 1);
+                        bail!(
+                            "a rank at {peer} says it is rank {r}; ranks of this group are 1..{} besides rank 0",
+                            world_size - 1
+                        );
                     }
                     if slots[r - 1].is_some() {
                         bail!("two processes say they are rank {r} (the second from {peer}): each rank must be started once");
@@ -136,7 +150,12 @@ impl TcpGroup {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
-                        let missing: Vec<String> = slots.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| (i + 1).to_string()).collect();
+                        let missing: Vec<String> = slots
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, s)| s.is_none())
+                            .map(|(i, _)| (i + 1).to_string())
+                            .collect();
                         bail!(
                             "rank 0 waited {}s on {addr}:{port} and rank(s) {} never connected (set LORATUNE_RENDEZVOUS_TIMEOUT to wait longer)",
                             timeout.as_secs(),
@@ -151,14 +170,23 @@ impl TcpGroup {
         Ok(slots.into_iter().map(|s| s.expect("all connected")).collect())
     }
 
-    fn dial(rank: usize, world_size: usize, addr: &str, port: u16, deadline: Instant, timeout: Duration) -> Result<TcpStream> {
+    fn dial(
+        rank: usize,
+        world_size: usize,
+        addr: &str,
+        port: u16,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<TcpStream> {
         let addrs = resolve(addr, port)?;
         let mut last_err = None;
         loop {
             for a in &addrs {
                 match TcpStream::connect_timeout(a, Duration::from_secs(2)) {
                     Ok(mut s) => {
-                        s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1))))?;
+                        s.set_read_timeout(Some(
+                            deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)),
+                        ))?;
                         write_u32s(&mut s, &[PROTOCOL, rank as u32, world_size as u32])?;
                         match read_hello(&mut s, 3) {
                             Ok(Some(ack)) if ack[0] == PROTOCOL && ack[2] as usize == world_size => return Ok(s),
@@ -191,15 +219,34 @@ impl TcpGroup {
 
     /// Element-wise sum over ranks, in place; every rank ends with rank 0's result.
     pub fn sum_f32(&self, values: &mut [f32]) -> Result<()> {
-        self.sum(Kind::SumF32, values, |x| x.to_le_bytes().to_vec(), |b| f32::from_le_bytes(b.try_into().expect("4 bytes")), |a, b| a + b)
+        self.sum(
+            Kind::SumF32,
+            values,
+            |x| x.to_le_bytes().to_vec(),
+            |b| f32::from_le_bytes(b.try_into().expect("4 bytes")),
+            |a, b| a + b,
+        )
     }
 
     /// Element-wise sum over ranks, in place; every rank ends with rank 0's result.
     pub fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
-        self.sum(Kind::SumF64, values, |x| x.to_le_bytes().to_vec(), |b| f64::from_le_bytes(b.try_into().expect("8 bytes")), |a, b| a + b)
+        self.sum(
+            Kind::SumF64,
+            values,
+            |x| x.to_le_bytes().to_vec(),
+            |b| f64::from_le_bytes(b.try_into().expect("8 bytes")),
+            |a, b| a + b,
+        )
     }
 
-    fn sum<T: Copy>(&self, kind: Kind, values: &mut [T], put: impl Fn(T) -> Vec<u8>, get: impl Fn(&[u8]) -> T, add: impl Fn(T, T) -> T) -> Result<()> {
+    fn sum<T: Copy>(
+        &self,
+        kind: Kind,
+        values: &mut [T],
+        put: impl Fn(T) -> Vec<u8>,
+        get: impl Fn(&[u8]) -> T,
+        add: impl Fn(T, T) -> T,
+    ) -> Result<()> {
         if self.world_size == 1 {
             return Ok(());
         }
@@ -292,7 +339,9 @@ fn expect_header(s: &mut TcpStream, peer: usize, kind: Kind, seq: u64, len: Opti
     read_exact(s, &mut h, peer)?;
     let word = |i: usize| u64::from_le_bytes(h[8 * i..8 * i + 8].try_into().expect("8 bytes"));
     let (their_kind, their_seq, their_len) = (Kind::from_u64(word(0)), word(1), word(2));
-    let Some(their_kind) = their_kind else { bail!("rank {peer} sent a frame of unknown kind {}: is every rank the same loratune?", word(0)) };
+    let Some(their_kind) = their_kind else {
+        bail!("rank {peer} sent a frame of unknown kind {}: is every rank the same loratune?", word(0))
+    };
     if their_kind != kind || their_seq != seq {
         bail!(
             "ranks out of step: this rank is at collective #{seq} ({}) while rank {peer} is at #{their_seq} ({}); every rank must run the same steps",
@@ -318,13 +367,18 @@ mod tests {
     }
 
     /// Runs `f(group)` on `n` threads, one per rank, and returns their results by rank.
-    fn on_ranks<T: Send + 'static>(n: usize, f: impl Fn(TcpGroup) -> Result<T> + Send + Sync + 'static) -> Vec<Result<T>> {
+    fn on_ranks<T: Send + 'static>(
+        n: usize,
+        f: impl Fn(TcpGroup) -> Result<T> + Send + Sync + 'static,
+    ) -> Vec<Result<T>> {
         let port = free_port();
         let f = Arc::new(f);
         let handles: Vec<_> = (0..n)
             .map(|r| {
                 let f = f.clone();
-                std::thread::spawn(move || TcpGroup::connect(r, n, "127.0.0.1", port, Duration::from_secs(20)).and_then(|g| f(g)))
+                std::thread::spawn(move || {
+                    TcpGroup::connect(r, n, "127.0.0.1", port, Duration::from_secs(20)).and_then(|g| f(g))
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -360,15 +414,12 @@ mod tests {
 
     #[test]
     fn ranks_out_of_step_get_an_error_naming_both_collectives() {
-        let out = on_ranks(2, |g| {
-            if g.rank() == 0 {
-                g.sum_f64(&mut [1.0])
-            } else {
-                g.sum_f32(&mut [1.0])
-            }
-        });
+        let out = on_ranks(2, |g| if g.rank() == 0 { g.sum_f64(&mut [1.0]) } else { g.sum_f32(&mut [1.0]) });
         let msg = format!("{:#}", out[0].as_ref().unwrap_err());
-        assert!(msg.contains("ranks out of step") && msg.contains("f64 all-reduce") && msg.contains("f32 all-reduce"), "{msg}");
+        assert!(
+            msg.contains("ranks out of step") && msg.contains("f64 all-reduce") && msg.contains("f32 all-reduce"),
+            "{msg}"
+        );
         assert!(out[1].is_err());
     }
 
@@ -396,7 +447,8 @@ mod tests {
     #[test]
     fn mismatched_world_sizes_are_refused() {
         let port = free_port();
-        let root = std::thread::spawn(move || TcpGroup::connect(0, 2, "127.0.0.1", port, Duration::from_secs(20)).map(|_| ()));
+        let root =
+            std::thread::spawn(move || TcpGroup::connect(0, 2, "127.0.0.1", port, Duration::from_secs(20)).map(|_| ()));
         let other = TcpGroup::connect(1, 3, "127.0.0.1", port, Duration::from_secs(20));
         let msg = format!("{:#}", root.join().unwrap().unwrap_err());
         assert!(msg.contains("WORLD_SIZE=3, rank 0 has 2"), "{msg}");

@@ -48,7 +48,8 @@ impl Side {
 fn adapter_base(dir: &Path) -> Result<String> {
     let file = dir.join(lora::ADAPTER_CONFIG_FILE);
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
     match v["base_model_name_or_path"].as_str() {
         Some(s) if !s.is_empty() => Ok(s.to_string()),
         _ => anyhow::bail!("{}: no base_model_name_or_path; give the base with --model", file.display()),
@@ -96,22 +97,40 @@ fn count<S: serde::Serializer>(p: &[EvalPrompt], s: S) -> std::result::Result<S:
 }
 
 /// Answers of `side` to every prompt, and its loss on `records` when given.
-fn run_side(side: &Side, prompts: &[EvalPrompt], records: Option<&[Example]>, opts: &CompareOptions, mut progress: impl FnMut(&str)) -> Result<SideResult> {
+fn run_side(
+    side: &Side,
+    prompts: &[EvalPrompt],
+    records: Option<&[Example]>,
+    opts: &CompareOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<SideResult> {
     let source = ModelSource::parse(&side.model).with_context(|| format!("{}: model {}", side.label, side.model))?;
     progress(&format!("loading {}", side.model));
     let loaded = model::load(&source, &opts.load).with_context(|| format!("loading model {}", side.model))?;
     let adapter: Option<LoraWeights> = match &side.adapter {
-        Some(dir) => Some(lora::load_adapter(dir, &loaded.model.config, &opts.load.device).with_context(|| format!("adapter {}", dir.display()))?),
+        Some(dir) => Some(
+            lora::load_adapter(dir, &loaded.model.config, &opts.load.device)
+                .with_context(|| format!("adapter {}", dir.display()))?,
+        ),
         None => None,
     };
-    let extra_stops = if loaded.identity.resolved.is_dir() { generate::generation_config_stop_ids(&loaded.identity.resolved) } else { Vec::new() };
+    let extra_stops = if loaded.identity.resolved.is_dir() {
+        generate::generation_config_stop_ids(&loaded.identity.resolved)
+    } else {
+        Vec::new()
+    };
     let gen = Generator::new(&loaded.model, adapter.as_ref(), &loaded.tokenizer, &extra_stops);
-    let answers = answer_prompts(&gen, prompts, opts.max_new_tokens, |done, total| progress(&format!("{} {done}/{total}", side.label)))?;
+    let answers = answer_prompts(&gen, prompts, opts.max_new_tokens, |done, total| {
+        progress(&format!("{} {done}/{total}", side.label))
+    })?;
     let loss = match records {
         Some(records) => {
             let encoded: Vec<EncodedExample> = records
                 .iter()
-                .map(|e| encode::encode(&loaded.tokenizer, &e.record, opts.max_seq_len).with_context(|| format!("line {}", e.line)))
+                .map(|e| {
+                    encode::encode(&loaded.tokenizer, &e.record, opts.max_seq_len)
+                        .with_context(|| format!("line {}", e.line))
+                })
                 .collect::<Result<_>>()?;
             let pad = loaded.tokenizer.pad_id.or(loaded.tokenizer.eos_id).unwrap_or(0);
             Some(super::evaluate(&loaded.model, adapter.as_ref(), &encoded, opts.batch_size, pad, |_, _| {})?.loss)
@@ -133,7 +152,14 @@ fn run_side(side: &Side, prompts: &[EvalPrompt], records: Option<&[Example]>, op
 /// Reads `data` and runs both sides, one model in memory at a time. A file of training
 /// records gives prompts with references (prompt/completion pairs fed raw, as they were
 /// trained) and the loss on the references; a prompt-only file gives the answers alone.
-pub fn compare(a: &Side, b: &Side, data: &Path, limit: Option<usize>, opts: &CompareOptions, mut progress: impl FnMut(&str)) -> Result<Comparison> {
+pub fn compare(
+    a: &Side,
+    b: &Side,
+    data: &Path,
+    limit: Option<usize>,
+    opts: &CompareOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<Comparison> {
     let limit = limit.unwrap_or(usize::MAX);
     let (prompts, records) = match crate::data::read_jsonl(data, None, BadRecordPolicy::Error) {
         Ok(ds) => {
@@ -178,7 +204,15 @@ pub fn write(c: &Comparison, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut rows = String::new();
     for (i, p) in c.prompts.iter().enumerate() {
         let (a, b) = (&c.a.answers[i], &c.b.answers[i]);
-        let row = Row { line: p.line, prompt: p.prompt_text(), reference: p.reference.as_deref(), a: &a.text, b: &b.text, a_scores: a.scores, b_scores: b.scores };
+        let row = Row {
+            line: p.line,
+            prompt: p.prompt_text(),
+            reference: p.reference.as_deref(),
+            a: &a.text,
+            b: &b.text,
+            a_scores: a.scores,
+            b_scores: b.scores,
+        };
         rows.push_str(&serde_json::to_string(&row)?);
         rows.push('\n');
     }

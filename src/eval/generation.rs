@@ -87,7 +87,12 @@ impl GenerationScores {
 
 /// Greedy answers (temperature 0: deterministic) to every prompt, stopping at EOS/end of
 /// turn or after `max_new_tokens`. `on_answer(done, total)` reports progress.
-pub fn answer_prompts(gen: &Generator, prompts: &[EvalPrompt], max_new_tokens: usize, mut on_answer: impl FnMut(usize, usize)) -> anyhow::Result<Vec<Answer>> {
+pub fn answer_prompts(
+    gen: &Generator,
+    prompts: &[EvalPrompt],
+    max_new_tokens: usize,
+    mut on_answer: impl FnMut(usize, usize),
+) -> anyhow::Result<Vec<Answer>> {
     let opts = GenerateOptions { max_new_tokens, sampling: SamplingParams::default(), ignore_eos: false };
     let mut answers = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
@@ -95,7 +100,13 @@ pub fn answer_prompts(gen: &Generator, prompts: &[EvalPrompt], max_new_tokens: u
         let g = gen.generate(&ids, &opts, |_| {})?;
         let text = g.text.trim().to_string();
         let scores = p.reference.as_deref().map(|r| text_metrics::score(&text, r));
-        answers.push(Answer { text, tokens: g.output_ids.len(), stop: g.stop, seconds: g.prefill_seconds + g.decode_seconds, scores });
+        answers.push(Answer {
+            text,
+            tokens: g.output_ids.len(),
+            stop: g.stop,
+            seconds: g.prefill_seconds + g.decode_seconds,
+            scores,
+        });
         on_answer(i + 1, prompts.len());
     }
     Ok(answers)
@@ -126,7 +137,10 @@ mod tests {
         ];
         let p = eval_prompts(&examples, 10);
         assert_eq!(p.len(), 2);
-        assert_eq!((p[0].line, p[0].messages.as_slice(), p[0].reference.as_deref(), p[0].raw), (2, &conv[..4], Some("a2"), false));
+        assert_eq!(
+            (p[0].line, p[0].messages.as_slice(), p[0].reference.as_deref(), p[0].raw),
+            (2, &conv[..4], Some("a2"), false)
+        );
         assert_eq!((p[1].line, p[1].prompt_text(), p[1].reference.as_deref(), p[1].raw), (3, "p", Some("c"), true));
         assert_eq!(eval_prompts(&examples, 1).len(), 1);
     }

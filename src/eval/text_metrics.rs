@@ -128,7 +128,12 @@ fn lcs_len(a: &[String], b: &[String]) -> usize {
 /// Whether `prediction` parses as JSON, when `reference` is a JSON object or array; `None`
 /// otherwise (a reference like `42` or `"yes"` is plain text that happens to parse).
 pub fn json_valid(prediction: &str, reference: &str) -> Option<bool> {
-    let is_structure = |s: &str| matches!(serde_json::from_str::<serde_json::Value>(s.trim()), Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_)));
+    let is_structure = |s: &str| {
+        matches!(
+            serde_json::from_str::<serde_json::Value>(s.trim()),
+            Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_))
+        )
+    };
     if !is_structure(reference) {
         return None;
     }

@@ -66,7 +66,8 @@ fn causal_mask(t: usize, past: usize, device: &Device) -> Result<Option<Tensor>>
         return Ok(None);
     }
     let total = past + t;
-    let m: Vec<f32> = (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let m: Vec<f32> =
+        (0..t).flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Ok(Some(Tensor::from_vec(m, (t, total), device)?))
 }
 
@@ -85,7 +86,8 @@ impl Projector<'_> {
             Some(pair) => {
                 let (b, t, inp) = x.dims3()?;
                 let out = y.dim(2)?;
-                add_lora_delta(&y.reshape((b * t, out))?, &x.reshape((b * t, inp))?, pair, self.scaling)?.reshape((b, t, out))
+                add_lora_delta(&y.reshape((b * t, out))?, &x.reshape((b * t, inp))?, pair, self.scaling)?
+                    .reshape((b, t, out))
             }
         }
     }
@@ -93,7 +95,16 @@ impl Projector<'_> {
 
 /// One pre-norm decoder block. x: (1, T, H) -> (1, T, H).
 #[allow(clippy::too_many_arguments)]
-fn layer(cfg: &ModelConfig, w: &LayerWeights, p: &Projector, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, kv: &mut KvCache) -> Result<Tensor> {
+fn layer(
+    cfg: &ModelConfig,
+    w: &LayerWeights,
+    p: &Projector,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: Option<&Tensor>,
+    kv: &mut KvCache,
+) -> Result<Tensor> {
     let h = rms_norm(x, &w.input_layernorm, cfg.rms_norm_eps)?;
     let x = (x + attention(cfg, &w.self_attn, p, &h, cos, sin, mask, kv)?)?;
     let h = rms_norm(&x, &w.post_attention_layernorm, cfg.rms_norm_eps)?;
@@ -105,7 +116,16 @@ fn layer(cfg: &ModelConfig, w: &LayerWeights, p: &Projector, x: &Tensor, cos: &T
 /// The R query heads that share a key-value head are folded into its rows, (1, NKV, R*T, D),
 /// so keys and values are never repeated R times.
 #[allow(clippy::too_many_arguments)]
-fn attention(cfg: &ModelConfig, w: &AttentionWeights, p: &Projector, h: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>, kv: &mut KvCache) -> Result<Tensor> {
+fn attention(
+    cfg: &ModelConfig,
+    w: &AttentionWeights,
+    p: &Projector,
+    h: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: Option<&Tensor>,
+    kv: &mut KvCache,
+) -> Result<Tensor> {
     let t = h.dim(1)?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let r = nh / nkv;

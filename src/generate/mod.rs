@@ -23,7 +23,8 @@ pub use sampler::{argmax, Sampler, SamplingParams};
 
 /// Tokens that end a chat turn in the common templates (ChatML, Llama 3, Gemma, Phi):
 /// generation stops on them when the vocabulary has them, whatever the config's EOS says.
-const END_OF_TURN_TOKENS: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"];
+const END_OF_TURN_TOKENS: &[&str] =
+    &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>"];
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -74,7 +75,12 @@ pub struct Generator<'a> {
 impl<'a> Generator<'a> {
     /// Stops on the config's EOS ids, the tokenizer's EOS, known end-of-turn tokens and
     /// `extra_stop_ids` (e.g. generation_config.json's `eos_token_id`).
-    pub fn new(model: &'a Llama, lora: Option<&'a LoraWeights>, tokenizer: &'a Tokenizer, extra_stop_ids: &[u32]) -> Self {
+    pub fn new(
+        model: &'a Llama,
+        lora: Option<&'a LoraWeights>,
+        tokenizer: &'a Tokenizer,
+        extra_stop_ids: &[u32],
+    ) -> Self {
         let mut stop_ids: Vec<u32> = model.config.eos_token_ids.clone();
         stop_ids.extend(tokenizer.eos_id);
         stop_ids.extend(END_OF_TURN_TOKENS.iter().filter_map(|t| tokenizer.token_to_id(t)));
@@ -89,7 +95,8 @@ impl<'a> Generator<'a> {
     /// (special tokens such as BOS added as the tokenizer does).
     pub fn prompt_ids(&self, messages: &[Message], raw: bool) -> std::result::Result<Vec<u32>, TokenizerError> {
         if raw {
-            let text: Vec<&str> = messages.iter().filter(|m| m.role != Role::System).map(|m| m.content.as_str()).collect();
+            let text: Vec<&str> =
+                messages.iter().filter(|m| m.role != Role::System).map(|m| m.content.as_str()).collect();
             return self.tokenizer.encode(&text.join("\n"), true);
         }
         let text = self.tokenizer.render_chat(messages, true)?;
@@ -98,13 +105,22 @@ impl<'a> Generator<'a> {
 
     /// Generates after `prompt` (token ids), calling `on_text` with each piece of text as
     /// it completes.
-    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
         let cfg = &self.model.config;
         if prompt.is_empty() {
             candle_core::bail!("the prompt has no tokens");
         }
         if prompt.len() >= cfg.max_position_embeddings {
-            candle_core::bail!("the prompt has {} tokens; the model's context is {}", prompt.len(), cfg.max_position_embeddings);
+            candle_core::bail!(
+                "the prompt has {} tokens; the model's context is {}",
+                prompt.len(),
+                cfg.max_position_embeddings
+            );
         }
         let budget = opts.max_new_tokens.min(cfg.max_position_embeddings - prompt.len());
         let mut cache = cached_forward::Cache::new(cfg, prompt.len() + budget);

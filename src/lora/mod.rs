@@ -33,8 +33,15 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 7] =
-        [Target::QProj, Target::KProj, Target::VProj, Target::OProj, Target::GateProj, Target::UpProj, Target::DownProj];
+    pub const ALL: [Target; 7] = [
+        Target::QProj,
+        Target::KProj,
+        Target::VProj,
+        Target::OProj,
+        Target::GateProj,
+        Target::UpProj,
+        Target::DownProj,
+    ];
 
     /// "q_proj", ...
     pub fn name(self) -> &'static str {
@@ -213,7 +220,13 @@ mod tests {
     use crate::model::init::preset;
 
     fn spec() -> LoraSpec {
-        LoraSpec { r: 4, alpha: 8.0, dropout: 0.0, targets: vec![Target::QProj, Target::VProj, Target::DownProj], use_rslora: false }
+        LoraSpec {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec![Target::QProj, Target::VProj, Target::DownProj],
+            use_rslora: false,
+        }
     }
 
     #[test]
@@ -233,7 +246,9 @@ mod tests {
         let var = a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32;
         assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.15, "variance {var}");
         assert_eq!(p.b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-        let flat = |w: &LoraWeights| -> Vec<f32> { w.tensors().iter().flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect() };
+        let flat = |w: &LoraWeights| -> Vec<f32> {
+            w.tensors().iter().flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+        };
         assert_eq!(flat(&w), flat(&again));
         assert_ne!(flat(&w), flat(&other));
         assert!(w.layers[0].get(Target::KProj).is_none());

@@ -57,7 +57,8 @@ pub fn save_adapter(dir: &Path, weights: &LoraWeights, base_model: &str) -> Resu
     });
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config).expect("json value serialises");
-    crate::atomic::write_bytes(&config_path, text.as_bytes()).map_err(|source| AdapterError::Io { path: config_path, source })?;
+    crate::atomic::write_bytes(&config_path, text.as_bytes())
+        .map_err(|source| AdapterError::Io { path: config_path, source })?;
 
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
     let tensors: Vec<(String, Tensor)> = weights
@@ -79,7 +80,8 @@ pub fn save_adapter(dir: &Path, weights: &LoraWeights, base_model: &str) -> Resu
 /// Every expected tensor must be present with the right shape, and nothing else may be.
 pub fn load_adapter(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<LoraWeights, AdapterError> {
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|source| AdapterError::Io { path: config_path.clone(), source })?;
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|source| AdapterError::Io { path: config_path.clone(), source })?;
     let spec = parse_config(&text).map_err(|message| AdapterError::Config { path: config_path.clone(), message })?;
 
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
@@ -104,10 +106,19 @@ pub fn load_adapter(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Lo
                     return Err(AdapterError::Tensor {
                         path: weights_path.clone(),
                         tensor: name,
-                        message: format!("shape {:?}, expected [{}, {}] for this base model", tensor.dims(), shape.0, shape.1),
+                        message: format!(
+                            "shape {:?}, expected [{}, {}] for this base model",
+                            tensor.dims(),
+                            shape.0,
+                            shape.1
+                        ),
                     });
                 }
-                tensor.to_dtype(DType::F32).map_err(|e| AdapterError::Tensor { path: weights_path.clone(), tensor: name, message: e.to_string() })
+                tensor.to_dtype(DType::F32).map_err(|e| AdapterError::Tensor {
+                    path: weights_path.clone(),
+                    tensor: name,
+                    message: e.to_string(),
+                })
             };
             let a = take('A', (spec.r, inp))?;
             let b = take('B', (out, spec.r))?;
@@ -156,16 +167,24 @@ fn parse_config(text: &str) -> Result<LoraSpec, String> {
     unsupported("layers_to_transform", &|_| false)?;
     unsupported("modules_to_save", &|x| x.as_array().is_some_and(|a| a.is_empty()))?;
     let names: Vec<String> = match field("target_modules") {
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).ok_or("target_modules must hold strings")).collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or("target_modules must hold strings"))
+            .collect::<Result<_, _>>()?,
         Some(Value::String(s)) => {
-            return Err(format!("target_modules is the pattern {s:?}; give the module names as a list (e.g. [\"q_proj\", \"v_proj\"])"))
+            return Err(format!(
+                "target_modules is the pattern {s:?}; give the module names as a list (e.g. [\"q_proj\", \"v_proj\"])"
+            ))
         }
         _ => return Err("target_modules is missing".into()),
     };
     let mut targets = BTreeSet::new();
     for n in &names {
         let t = Target::from_name(n).ok_or_else(|| {
-            format!("target module {n:?} is not a Llama-family projection ({})", Target::ALL.map(|t| t.name()).join(", "))
+            format!(
+                "target module {n:?} is not a Llama-family projection ({})",
+                Target::ALL.map(|t| t.name()).join(", ")
+            )
         })?;
         targets.insert(t);
     }
@@ -180,7 +199,13 @@ mod tests {
     #[test]
     fn save_then_load_round_trips_every_value() {
         let cfg = preset("tiny").unwrap();
-        let spec = LoraSpec { r: 3, alpha: 6.0, dropout: 0.05, targets: vec![Target::KProj, Target::OProj, Target::UpProj], use_rslora: true };
+        let spec = LoraSpec {
+            r: 3,
+            alpha: 6.0,
+            dropout: 0.05,
+            targets: vec![Target::KProj, Target::OProj, Target::UpProj],
+            use_rslora: true,
+        };
         let mut w = LoraWeights::init(&spec, &cfg, 1, &Device::Cpu).unwrap();
         // Non-zero B so the round trip checks both matrices.
         let bs: Vec<Tensor> = w.tensors().iter().map(|t| (t.ones_like().unwrap() * 0.5).unwrap()).collect();
@@ -193,9 +218,13 @@ mod tests {
         let names: Vec<String> = back.named_tensors().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, w.named_tensors().into_iter().map(|(n, _)| n).collect::<Vec<_>>());
         for (x, y) in w.tensors().iter().zip(back.tensors()) {
-            assert_eq!(x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), y.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            assert_eq!(
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            );
         }
-        let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(ADAPTER_CONFIG_FILE)).unwrap()).unwrap();
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(ADAPTER_CONFIG_FILE)).unwrap()).unwrap();
         assert_eq!(config["peft_type"], "LORA");
         assert_eq!(config["target_modules"], json!(["k_proj", "o_proj", "up_proj"]));
         assert_eq!(config["lora_alpha"], 6.0);
@@ -218,14 +247,18 @@ mod tests {
         let mut short = cfg.clone();
         short.num_hidden_layers -= 1;
         let err = load_adapter(dir.path(), &short, &Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("unexpected tensor") && err.contains(&format!("layers.{}", short.num_hidden_layers)), "{err}");
+        assert!(
+            err.contains("unexpected tensor") && err.contains(&format!("layers.{}", short.num_hidden_layers)),
+            "{err}"
+        );
         // The config asks for a module the file lacks.
         let cfg_path = dir.path().join(ADAPTER_CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).unwrap().replace("\"q_proj\"", "\"q_proj\", \"v_proj\"");
         std::fs::write(&cfg_path, text).unwrap();
         let err = load_adapter(dir.path(), &cfg, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("v_proj.lora_A.weight") && err.contains("missing"), "{err}");
-        std::fs::write(&cfg_path, r#"{"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"], "use_dora": true}"#).unwrap();
+        std::fs::write(&cfg_path, r#"{"peft_type": "LORA", "r": 2, "target_modules": ["q_proj"], "use_dora": true}"#)
+            .unwrap();
         let err = load_adapter(dir.path(), &cfg, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("adapter_config.json") && err.contains("use_dora"), "{err}");
     }

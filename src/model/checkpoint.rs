@@ -10,13 +10,13 @@ use super::config::ModelConfig;
 use super::error::LoadError;
 use super::hub::{self, HubOptions};
 use super::llama::{Llama, LlamaWeights};
-use super::quantized::{self, is_projection, QuantizedWeight, Quantize, Scratch, CUDA_FORMATS};
+use super::quantized::{self, is_projection, Quantize, QuantizedWeight, Scratch, CUDA_FORMATS};
 use super::tensor_reader::TensorReader;
 use super::{gguf_source, safetensors_source};
+use crate::tokenizer::Tokenizer;
 use candle_core::quantized::QTensor;
 use candle_core::Tensor;
 use std::collections::HashMap;
-use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -96,7 +96,12 @@ pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel, Loa
     }
 }
 
-fn load_hf_dir(dir: &Path, source: &ModelSource, kind: &'static str, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
+fn load_hf_dir(
+    dir: &Path,
+    source: &ModelSource,
+    kind: &'static str,
+    opts: &LoadOptions,
+) -> Result<LoadedModel, LoadError> {
     let config_path = dir.join("config.json");
     if !config_path.is_file() {
         return Err(LoadError::Config { path: dir.to_path_buf(), msg: "no config.json in this folder".into() });
@@ -107,7 +112,8 @@ fn load_hf_dir(dir: &Path, source: &ModelSource, kind: &'static str, opts: &Load
         Some(mode) => quantized_projections(&cfg, &ModelSource::HfDir(dir.to_path_buf()), mode, opts)?,
         None => HashMap::new(),
     };
-    let tensors = safetensors_source::load_tensors(&cfg, &files, opts.dtype, &opts.device, &|n| quantized.contains_key(n))?;
+    let tensors =
+        safetensors_source::load_tensors(&cfg, &files, opts.dtype, &opts.device, &|n| quantized.contains_key(n))?;
     let weights = LlamaWeights::from_maps(&cfg, tensors, quantized, dir)?;
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     check_vocab(&cfg, &tokenizer, &config_path)?;
@@ -128,7 +134,8 @@ fn load_gguf(path: &Path, source: &ModelSource, opts: &LoadOptions) -> Result<Lo
         Some(mode) => quantized_projections(&cfg, source, mode, opts)?,
         None => HashMap::new(),
     };
-    let tensors = gguf_source::load_tensors(&cfg, &content, path, opts.dtype, &opts.device, &|n| quantized.contains_key(n))?;
+    let tensors =
+        gguf_source::load_tensors(&cfg, &content, path, opts.dtype, &opts.device, &|n| quantized.contains_key(n))?;
     let weights = LlamaWeights::from_maps(&cfg, tensors, quantized, path)?;
     let tokenizer = Tokenizer::from_gguf(&content, path)?;
     check_vocab(&cfg, &tokenizer, path)?;
@@ -145,8 +152,14 @@ fn load_gguf(path: &Path, source: &ModelSource, opts: &LoadOptions) -> Result<Lo
 /// The projection weights QLoRA keeps in blocks, on `opts.device`: a GGUF file's own
 /// blocks where their format has a GPU kernel (`Quantize::Gguf`; others stay dense), or
 /// every projection quantized at load, read one at a time and quantized on all cores.
-fn quantized_projections(cfg: &ModelConfig, source: &ModelSource, mode: Quantize, opts: &LoadOptions) -> Result<HashMap<String, QuantizedWeight>, LoadError> {
-    let names: Vec<(String, Vec<usize>)> = cfg.expected_tensors().into_iter().filter(|(n, _)| is_projection(n)).collect();
+fn quantized_projections(
+    cfg: &ModelConfig,
+    source: &ModelSource,
+    mode: Quantize,
+    opts: &LoadOptions,
+) -> Result<HashMap<String, QuantizedWeight>, LoadError> {
+    let names: Vec<(String, Vec<usize>)> =
+        cfg.expected_tensors().into_iter().filter(|(n, _)| is_projection(n)).collect();
     let mut out = HashMap::new();
     let scratch = Scratch::default();
     let wrap = |path: &Path, name: &str| {
@@ -167,7 +180,11 @@ fn quantized_projections(cfg: &ModelConfig, source: &ModelSource, mode: Quantize
                     continue;
                 }
                 let q = gguf_source::read_blocks(cfg, &content, &mut file, path, &name, &g)?;
-                out.insert(name.clone(), QuantizedWeight::with_scratch(q, &opts.device, opts.dtype, scratch.clone()).map_err(wrap(path, &name))?);
+                out.insert(
+                    name.clone(),
+                    QuantizedWeight::with_scratch(q, &opts.device, opts.dtype, scratch.clone())
+                        .map_err(wrap(path, &name))?,
+                );
             }
         }
         Quantize::To(format) => {
@@ -176,12 +193,18 @@ fn quantized_projections(cfg: &ModelConfig, source: &ModelSource, mode: Quantize
             // Read a few tensors (f32, host), quantize them in parallel, upload, repeat:
             // host memory holds `workers` dense tensors at a time.
             // Rows must split into whole blocks; a projection whose width does not stays dense.
-            let names: Vec<(String, Vec<usize>)> = names.into_iter().filter(|(_, s)| s[1] % format.block_size() == 0).collect();
+            let names: Vec<(String, Vec<usize>)> =
+                names.into_iter().filter(|(_, s)| s[1] % format.block_size() == 0).collect();
             for chunk in names.chunks(workers) {
                 let dense: Vec<Tensor> = chunk.iter().map(|(n, s)| reader.read_f32(n, s)).collect::<Result<_, _>>()?;
-                let q = quantized::parallel_map(&dense, |w| QTensor::quantize(w, format)).map_err(wrap(&reader.resolved, &chunk[0].0))?;
+                let q = quantized::parallel_map(&dense, |w| QTensor::quantize(w, format))
+                    .map_err(wrap(&reader.resolved, &chunk[0].0))?;
                 for ((name, _), q) in chunk.iter().zip(q) {
-                    out.insert(name.clone(), QuantizedWeight::with_scratch(q, &opts.device, opts.dtype, scratch.clone()).map_err(wrap(&reader.resolved, name))?);
+                    out.insert(
+                        name.clone(),
+                        QuantizedWeight::with_scratch(q, &opts.device, opts.dtype, scratch.clone())
+                            .map_err(wrap(&reader.resolved, name))?,
+                    );
                 }
             }
         }

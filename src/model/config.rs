@@ -19,8 +19,7 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static [&'static str] =
-        &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+    pub const SUPPORTED: &'static [&'static str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
 
     pub fn hf_name(self) -> &'static str {
         match self {
@@ -123,8 +122,7 @@ impl ModelConfig {
 
     pub fn from_hf_json(text: &str, path: &Path) -> Result<Self, LoadError> {
         let bad = |msg: String| LoadError::Config { path: path.to_path_buf(), msg };
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let arch_name = raw
             .architectures
             .as_ref()
@@ -317,17 +315,11 @@ impl ModelConfig {
 }
 
 fn parse_rope_scaling(s: &serde_json::Value) -> Result<Option<Llama3RopeScaling>, String> {
-    let kind = s
-        .get("rope_type")
-        .or_else(|| s.get("type"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
+    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
     match kind {
         "default" => Ok(None),
         "llama3" => {
-            let f = |k: &str| {
-                s.get(k).and_then(|v| v.as_f64()).ok_or_else(|| format!("rope_scaling: missing \"{k}\""))
-            };
+            let f = |k: &str| s.get(k).and_then(|v| v.as_f64()).ok_or_else(|| format!("rope_scaling: missing \"{k}\""));
             Ok(Some(Llama3RopeScaling {
                 factor: f("factor")?,
                 low_freq_factor: f("low_freq_factor")?,

@@ -17,10 +17,8 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
 /// Opens and parses the GGUF header (metadata and tensor directory; no tensor data).
 pub fn read_content(path: &Path) -> Result<(Content, std::fs::File), LoadError> {
     let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-    let content = Content::read(&mut file).map_err(|e| LoadError::Gguf {
-        path: path.to_path_buf(),
-        msg: format!("not a readable GGUF file: {e}"),
-    })?;
+    let content = Content::read(&mut file)
+        .map_err(|e| LoadError::Gguf { path: path.to_path_buf(), msg: format!("not a readable GGUF file: {e}") })?;
     Ok((content, file))
 }
 
@@ -29,7 +27,11 @@ fn meta<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
 }
 
 fn meta_usize(c: &Content, key: &str) -> Option<usize> {
-    meta(c, key).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)).or_else(|| v.to_i32().ok().map(|x| x as u64))).map(|x| x as usize)
+    meta(c, key)
+        .and_then(|v| {
+            v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)).or_else(|| v.to_i32().ok().map(|x| x as u64))
+        })
+        .map(|x| x as usize)
 }
 
 fn meta_f64(c: &Content, key: &str) -> Option<f64> {
@@ -55,17 +57,16 @@ pub fn config_from_gguf(c: &Content, path: &Path) -> Result<ModelConfig, LoadErr
     let head_dim = meta_usize(c, "llama.attention.key_length")
         .or_else(|| meta_usize(c, "llama.rope.dimension_count"))
         .unwrap_or(hidden_size / num_attention_heads.max(1));
-    let embd = c
-        .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| bad("tensor \"token_embd.weight\" is missing".into()))?;
+    let embd =
+        c.tensor_infos.get("token_embd.weight").ok_or_else(|| bad("tensor \"token_embd.weight\" is missing".into()))?;
     let vocab_size = meta_usize(c, "llama.vocab_size").unwrap_or(embd.shape.dims()[0]);
     let rope_scaling = match meta(c, "llama.rope.scaling.type").and_then(|v| v.to_string().ok()).map(|s| s.as_str()) {
         Some("llama3") => Some(Llama3RopeScaling {
             factor: meta_f64(c, "llama.rope.scaling.factor").unwrap_or(8.0),
             low_freq_factor: meta_f64(c, "llama.rope.scaling.low_freq_factor").unwrap_or(1.0),
             high_freq_factor: meta_f64(c, "llama.rope.scaling.high_freq_factor").unwrap_or(4.0),
-            original_max_position_embeddings: meta_usize(c, "llama.rope.scaling.original_context_length").unwrap_or(8192),
+            original_max_position_embeddings: meta_usize(c, "llama.rope.scaling.original_context_length")
+                .unwrap_or(8192),
         }),
         Some("none") | None => None,
         Some(other) => return Err(bad(format!("llama.rope.scaling.type \"{other}\" is not supported"))),
@@ -147,8 +148,19 @@ fn swap_row_groups(w: &Tensor, n_head: usize, to_interleaved: bool) -> candle_co
 
 /// One tensor, dequantized to f32 on the CPU with llama.cpp's q/k row order undone: `name`
 /// is its HF name, `g` its GGUF name (names and shapes already checked by the caller).
-pub fn read_tensor_f32(cfg: &ModelConfig, content: &Content, file: &mut std::fs::File, path: &Path, name: &str, g: &str) -> Result<Tensor, LoadError> {
-    let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
+pub fn read_tensor_f32(
+    cfg: &ModelConfig,
+    content: &Content,
+    file: &mut std::fs::File,
+    path: &Path,
+    name: &str,
+    g: &str,
+) -> Result<Tensor, LoadError> {
+    let terr = |e: candle_core::Error| LoadError::Tensor {
+        path: path.to_path_buf(),
+        tensor: g.to_string(),
+        msg: e.to_string(),
+    };
     let t = content.tensor(file, g, &Device::Cpu).map_err(terr)?.dequantize(&Device::Cpu).map_err(terr)?;
     if name.contains("self_attn.q_proj.") {
         unpermute_rows(&t, cfg.num_attention_heads).map_err(terr)
@@ -161,8 +173,19 @@ pub fn read_tensor_f32(cfg: &ModelConfig, content: &Content, file: &mut std::fs:
 
 /// One tensor's own blocks, as a (rows, cols) QTensor on the CPU, with llama.cpp's q/k row
 /// order undone by moving whole rows of blocks (no dequantization).
-pub fn read_blocks(cfg: &ModelConfig, content: &Content, file: &mut std::fs::File, path: &Path, name: &str, g: &str) -> Result<QTensor, LoadError> {
-    let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
+pub fn read_blocks(
+    cfg: &ModelConfig,
+    content: &Content,
+    file: &mut std::fs::File,
+    path: &Path,
+    name: &str,
+    g: &str,
+) -> Result<QTensor, LoadError> {
+    let terr = |e: candle_core::Error| LoadError::Tensor {
+        path: path.to_path_buf(),
+        tensor: g.to_string(),
+        msg: e.to_string(),
+    };
     let q = content.tensor(file, g, &Device::Cpu).map_err(terr)?;
     let heads = if name.contains("self_attn.q_proj.") {
         cfg.num_attention_heads
@@ -191,7 +214,12 @@ pub fn checked_names(cfg: &ModelConfig, content: &Content, path: &Path) -> Resul
             .get(&g)
             .ok_or_else(|| LoadError::MissingTensor { path: path.to_path_buf(), tensor: g.clone() })?;
         if info.shape.dims() != shape.as_slice() {
-            return Err(LoadError::ShapeMismatch { path: path.to_path_buf(), tensor: g, expected: shape, found: info.shape.dims().to_vec() });
+            return Err(LoadError::ShapeMismatch {
+                path: path.to_path_buf(),
+                tensor: g,
+                expected: shape,
+                found: info.shape.dims().to_vec(),
+            });
         }
         jobs.push((name, g));
     }
@@ -203,12 +231,28 @@ pub fn checked_names(cfg: &ModelConfig, content: &Content, path: &Path) -> Resul
 /// single-threaded per tensor in candle, so tensors are spread over all cores, each worker
 /// reading through its own file handle.
 /// `skip(name)` leaves a tensor out (QLoRA loads the projections separately).
-pub fn load_tensors(cfg: &ModelConfig, content: &Content, path: &Path, dtype: DType, device: &Device, skip: &dyn Fn(&str) -> bool) -> Result<HashMap<String, Tensor>, LoadError> {
+pub fn load_tensors(
+    cfg: &ModelConfig,
+    content: &Content,
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>, LoadError> {
     // Check names and shapes first, so a bad file fails before any heavy work.
-    let jobs: Vec<(String, String)> = checked_names(cfg, content, path)?.into_iter().filter(|(n, _)| !skip(n)).collect();
+    let jobs: Vec<(String, String)> =
+        checked_names(cfg, content, path)?.into_iter().filter(|(n, _)| !skip(n)).collect();
     let load_one = |file: &mut std::fs::File, name: &str, g: &str| -> Result<Tensor, LoadError> {
-        let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: g.to_string(), msg: e.to_string() };
-        read_tensor_f32(cfg, content, file, path, name, g)?.to_dtype(dtype).map_err(terr)?.to_device(device).map_err(terr)
+        let terr = |e: candle_core::Error| LoadError::Tensor {
+            path: path.to_path_buf(),
+            tensor: g.to_string(),
+            msg: e.to_string(),
+        };
+        read_tensor_f32(cfg, content, file, path, name, g)?
+            .to_dtype(dtype)
+            .map_err(terr)?
+            .to_device(device)
+            .map_err(terr)
     };
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(jobs.len().max(1));
     let results: Vec<Result<Vec<(String, Tensor)>, LoadError>> = std::thread::scope(|s| {
@@ -273,13 +317,19 @@ mod tests {
             let q = QTensor::quantize(&original, dtype).unwrap();
             let path = dir.path().join(format!("{dtype:?}.gguf"));
             let arch = gguf_file::Value::String("llama".into());
-            gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &[("general.architecture", &arch)], &[("w", &q)]).unwrap();
+            gguf_file::write(
+                &mut std::fs::File::create(&path).unwrap(),
+                &[("general.architecture", &arch)],
+                &[("w", &q)],
+            )
+            .unwrap();
             let (content, mut f) = read_content(&path).unwrap();
             let back = content.tensor(&mut f, "w", &Device::Cpu).unwrap();
             assert_eq!(back.dtype(), dtype);
             let back = back.dequantize(&Device::Cpu).unwrap();
             assert_eq!(back.dims(), &[8, 256]);
-            let err = (&back - &original).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            let err =
+                (&back - &original).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
             assert!(err <= tol as f32 + 1e-7, "{dtype:?}: relative RMS error {err} above {tol}");
             if dtype != GgmlDType::F32 {
                 assert!(err > 0.0, "{dtype:?}: no quantization error at all, so nothing was quantized");

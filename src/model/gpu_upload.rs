@@ -65,7 +65,7 @@ impl Uploader {
             let slot = self.next;
             self.next ^= 1;
             self.free[slot].synchronize().w()?; // the transfer that last read this buffer is done
-            // SAFETY: the buffer is CHUNK bytes of pinned host memory no copy is reading now.
+                                                // SAFETY: the buffer is CHUNK bytes of pinned host memory no copy is reading now.
             let staging = unsafe { std::slice::from_raw_parts_mut(self.bufs[slot].as_mut_ptr().w()?, chunk.len()) };
             staging.par_chunks_mut(1 << 20).zip(chunk.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
             // SAFETY: destination range lies inside `dst`; the source is pinned, so the copy

@@ -36,7 +36,9 @@ impl HubOptions {
 /// characters the hub allows.
 pub fn looks_like_hub_id(spec: &str) -> bool {
     let parts: Vec<&str> = spec.split('/').collect();
-    let ok = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.');
+    let ok = |p: &&str| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.starts_with('.')
+    };
     (parts.len() == 1 || parts.len() == 2) && parts.iter().all(ok) && !spec.ends_with(".gguf")
 }
 
@@ -120,6 +122,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = HubOptions { cache_dir: dir.path().to_path_buf(), offline: true, revision: "main".into() };
         let e = resolve("org/absent-model", &opts).unwrap_err().to_string();
-        assert!(e.contains("org/absent-model") && e.contains("not in the local hub cache") && e.contains("offline"), "{e}");
+        assert!(
+            e.contains("org/absent-model") && e.contains("not in the local hub cache") && e.contains("offline"),
+            "{e}"
+        );
     }
 }

@@ -12,13 +12,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::config::{Architecture, Llama3RopeScaling, ModelConfig};
-use super::llama::{Llama, LlamaWeights};
 use super::error::LoadError;
 use super::gguf_source::{gguf_name, permute_rows};
+use super::llama::{Llama, LlamaWeights};
 use super::shard_writer::{self, write_json};
 use crate::tokenizer::Tokenizer;
 
-pub const PRESETS: &[&str] = &["tiny", "tiny-qwen2", "tiny-llama3", "llama2-7b", "mistral-7b", "qwen2.5-7b", "llama3-8b"];
+pub const PRESETS: &[&str] =
+    &["tiny", "tiny-qwen2", "tiny-llama3", "llama2-7b", "mistral-7b", "qwen2.5-7b", "llama3-8b"];
 
 /// The shape of a preset. `vocab_size` is replaced by the tokenizer's size when a
 /// tokenizer is taken from another model.
@@ -184,7 +185,12 @@ pub fn init_tensor(name: &str, shape: &[usize], seed: u64, std: f32) -> candle_c
 
 /// Writes `dir` with config.json, generation_config.json, tokenizer files and safetensors
 /// (sharded with an index when larger than `max_shard_bytes`). Returns the written config.
-pub fn write_random_checkpoint(cfg: &ModelConfig, tokenizer: &Tokenizer, dir: &Path, opts: &InitOptions) -> Result<ModelConfig, LoadError> {
+pub fn write_random_checkpoint(
+    cfg: &ModelConfig,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+    opts: &InitOptions,
+) -> Result<ModelConfig, LoadError> {
     std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
     let cfg = cfg.clone();
     write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
@@ -231,7 +237,12 @@ fn gguf_tensor(cfg: &ModelConfig, name: &str, t: &Tensor) -> candle_core::Result
     QTensor::quantize(&t, GgmlDType::F32)
 }
 
-fn write_gguf(cfg: &ModelConfig, tokenizer: &Tokenizer, tensors: &[(String, QTensor)], path: &Path) -> Result<(), LoadError> {
+fn write_gguf(
+    cfg: &ModelConfig,
+    tokenizer: &Tokenizer,
+    tensors: &[(String, QTensor)],
+    path: &Path,
+) -> Result<(), LoadError> {
     use gguf_file::Value as V;
     let mut meta: Vec<(String, V)> = vec![
         ("general.architecture".into(), V::String("llama".into())),
@@ -254,7 +265,10 @@ fn write_gguf(cfg: &ModelConfig, tokenizer: &Tokenizer, tensors: &[(String, QTen
         meta.push(("llama.rope.scaling.factor".into(), V::F32(s.factor as f32)));
         meta.push(("llama.rope.scaling.low_freq_factor".into(), V::F32(s.low_freq_factor as f32)));
         meta.push(("llama.rope.scaling.high_freq_factor".into(), V::F32(s.high_freq_factor as f32)));
-        meta.push(("llama.rope.scaling.original_context_length".into(), V::U32(s.original_max_position_embeddings as u32)));
+        meta.push((
+            "llama.rope.scaling.original_context_length".into(),
+            V::U32(s.original_max_position_embeddings as u32),
+        ));
     }
     meta.extend(crate::tokenizer::gguf::gguf_tokenizer_metadata(tokenizer)?);
     let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -278,7 +292,13 @@ pub fn random_model(cfg: &ModelConfig, seed: u64, std: f32, device: &Device) -> 
 
 /// As [`random_model`], each tensor converted to `dtype` before it moves to `device`, so a
 /// 7B shape needs one f32 tensor of host memory at a time (benchmarks: `bench --preset`).
-pub fn random_model_as(cfg: &ModelConfig, seed: u64, std: f32, device: &Device, dtype: DType) -> Result<Llama, LoadError> {
+pub fn random_model_as(
+    cfg: &ModelConfig,
+    seed: u64,
+    std: f32,
+    device: &Device,
+    dtype: DType,
+) -> Result<Llama, LoadError> {
     let mut map = std::collections::HashMap::new();
     for (name, shape) in cfg.expected_tensors() {
         let t = init_tensor(&name, &shape, seed, std)?.to_dtype(dtype)?.to_device(device)?;
@@ -291,7 +311,13 @@ pub fn random_model_as(cfg: &ModelConfig, seed: u64, std: f32, device: &Device, 
 /// Random weights drawn on `device` by its own generator (seeded with `seed`): the
 /// distribution of [`random_model_as`] but not its values. For benchmarks on a GPU, where
 /// drawing 7B values on the host would take half a minute of the GPU's time.
-pub fn random_model_on_device(cfg: &ModelConfig, seed: u64, std: f32, device: &Device, dtype: DType) -> Result<Llama, LoadError> {
+pub fn random_model_on_device(
+    cfg: &ModelConfig,
+    seed: u64,
+    std: f32,
+    device: &Device,
+    dtype: DType,
+) -> Result<Llama, LoadError> {
     device.set_seed(seed)?;
     let mut map = std::collections::HashMap::new();
     for (name, shape) in cfg.expected_tensors() {

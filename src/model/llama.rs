@@ -81,7 +81,11 @@ pub struct LlamaWeights {
 impl LlamaWeights {
     /// Builds the weights from a name -> tensor map (HF naming). The caller has already
     /// checked names and shapes against `ModelConfig::expected_tensors`.
-    pub fn from_map(cfg: &ModelConfig, t: HashMap<String, Tensor>, path: &Path) -> std::result::Result<Self, LoadError> {
+    pub fn from_map(
+        cfg: &ModelConfig,
+        t: HashMap<String, Tensor>,
+        path: &Path,
+    ) -> std::result::Result<Self, LoadError> {
         Self::from_maps(cfg, t, HashMap::new(), path)
     }
 
@@ -95,10 +99,13 @@ impl LlamaWeights {
         let mut take = |name: String| {
             t.remove(&name).ok_or_else(|| LoadError::MissingTensor { path: path.to_path_buf(), tensor: name })
         };
-        let mut take_weight = |name: String, take: &mut dyn FnMut(String) -> std::result::Result<Tensor, LoadError>| match quantized.remove(&name) {
-            Some(q) => Ok(Weight::Quantized(q)),
-            None => take(name).map(Weight::Dense),
-        };
+        let mut take_weight =
+            |name: String, take: &mut dyn FnMut(String) -> std::result::Result<Tensor, LoadError>| match quantized
+                .remove(&name)
+            {
+                Some(q) => Ok(Weight::Quantized(q)),
+                None => take(name).map(Weight::Dense),
+            };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -139,7 +146,8 @@ impl LlamaWeights {
             let p = format!("model.layers.{l}");
             out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.clone()));
             let a = &layer.self_attn;
-            for (n, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
+            for (n, lin) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)]
+            {
                 out.push((format!("{p}.self_attn.{n}.weight"), lin.weight.dense()?));
                 if let Some(b) = &lin.bias {
                     out.push((format!("{p}.self_attn.{n}.bias"), b.clone()));
@@ -169,9 +177,8 @@ pub struct Rope {
 impl Rope {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Result<Self> {
         let d = cfg.head_dim;
-        let mut inv: Vec<f32> = (0..d / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32)
-            .collect();
+        let mut inv: Vec<f32> =
+            (0..d / 2).map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / d as f64)) as f32).collect();
         if let Some(s) = &cfg.rope_scaling {
             // Llama 3.1: keep high frequencies, divide low ones by `factor`, blend between.
             let old_ctx = s.original_max_position_embeddings as f64;
@@ -199,9 +206,7 @@ impl Rope {
     pub fn cos_sin(&self, positions: &Tensor, dtype: DType) -> Result<(Tensor, Tensor)> {
         let (b, t) = positions.dims2()?;
         let half = self.inv_freq.dim(0)?;
-        let angles = positions
-            .reshape((b, t, 1))?
-            .broadcast_mul(&self.inv_freq.reshape((1, 1, half))?)?;
+        let angles = positions.reshape((b, t, 1))?.broadcast_mul(&self.inv_freq.reshape((1, 1, half))?)?;
         let angles = Tensor::cat(&[&angles, &angles], D::Minus1)?.unsqueeze(1)?;
         Ok((angles.cos()?.to_dtype(dtype)?, angles.sin()?.to_dtype(dtype)?))
     }
@@ -283,7 +288,8 @@ impl Llama {
     pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let cfg = &self.config;
-        let mut x = self.weights.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let mut x =
+            self.weights.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
         let bias = attention_bias(attention_mask)?;
         let (cos, sin) = self.rope.cos_sin(&positions_from_mask(attention_mask)?, self.dtype())?;
         for layer in &self.weights.layers {
@@ -306,7 +312,14 @@ impl Llama {
 }
 
 /// One pre-norm decoder block. x: (B, T, H) -> (B, T, H).
-pub fn decoder_layer(cfg: &ModelConfig, w: &LayerWeights, x: &Tensor, bias: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub fn decoder_layer(
+    cfg: &ModelConfig,
+    w: &LayerWeights,
+    x: &Tensor,
+    bias: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
     let h = rms_norm(x, &w.input_layernorm, cfg.rms_norm_eps)?;
     let x = (x + attention(cfg, &w.self_attn, &h, bias, cos, sin)?)?;
     let h = rms_norm(&x, &w.post_attention_layernorm, cfg.rms_norm_eps)?;
@@ -314,7 +327,14 @@ pub fn decoder_layer(cfg: &ModelConfig, w: &LayerWeights, x: &Tensor, bias: &Ten
 }
 
 /// Causal grouped-query self-attention. h: (B, T, H) -> (B, T, H).
-pub fn attention(cfg: &ModelConfig, w: &AttentionWeights, h: &Tensor, bias: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub fn attention(
+    cfg: &ModelConfig,
+    w: &AttentionWeights,
+    h: &Tensor,
+    bias: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<Tensor> {
     let (b, t, _) = h.dims3()?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();

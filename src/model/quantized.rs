@@ -56,7 +56,7 @@ impl Scratch {
         let n = rows * cols;
         if slot.as_ref().is_none_or(|t| t.elem_count() < n) {
             *slot = None; // free the old buffer before taking the larger one
-            // SAFETY: every element of a view is written by the expansion before it is read.
+                          // SAFETY: every element of a view is written by the expansion before it is read.
             *slot = Some(unsafe { Tensor::empty(n, DType::BF16, device)? });
         }
         slot.as_ref().expect("just set").narrow(0, 0, n)?.reshape((rows, cols))
@@ -88,7 +88,9 @@ impl QuantizedWeight {
             Device::Cpu => Blocks::Host(Arc::new(q)),
             _ => {
                 if !CUDA_FORMATS.contains(&format) {
-                    candle_core::bail!("{format:?} blocks cannot be expanded on the GPU (supported: Q4_0, Q4_1, Q8_0, Q4_K)");
+                    candle_core::bail!(
+                        "{format:?} blocks cannot be expanded on the GPU (supported: Q4_0, Q4_1, Q8_0, Q4_K)"
+                    );
                 }
                 let bytes = q.data()?;
                 let n = rows * cols / format.block_size() * format.type_size();
@@ -110,7 +112,11 @@ impl QuantizedWeight {
             Blocks::Host(q) => q.dequantize(&Device::Cpu)?.to_dtype(self.compute),
             Blocks::Device(b, _) => {
                 let w = dequantize_on_device(b, self.format, self.rows, None, self.cols)?;
-                if self.compute == DType::BF16 { Ok(w) } else { w.to_dtype(self.compute) }
+                if self.compute == DType::BF16 {
+                    Ok(w)
+                } else {
+                    w.to_dtype(self.compute)
+                }
             }
         }
     }
@@ -145,7 +151,13 @@ impl QuantizedWeight {
 
 /// `into`: a (rows, cols) bf16 view to write (None: a fresh tensor).
 #[cfg(feature = "cuda")]
-fn dequantize_on_device(b: &Tensor, format: GgmlDType, rows: usize, into: Option<&Tensor>, cols: usize) -> Result<Tensor> {
+fn dequantize_on_device(
+    b: &Tensor,
+    format: GgmlDType,
+    rows: usize,
+    into: Option<&Tensor>,
+    cols: usize,
+) -> Result<Tensor> {
     crate::train::cuda_kernels::dequantize_bf16(b, format, rows, cols, into)
 }
 
@@ -221,19 +233,26 @@ mod tests {
 /// True for the seven projection weights of a decoder layer: what QLoRA keeps in blocks
 /// (embeddings, norms and the LM head stay dense).
 pub fn is_projection(name: &str) -> bool {
-    name.starts_with("model.layers.") && (name.contains(".self_attn.") || name.contains(".mlp.")) && name.ends_with("_proj.weight")
+    name.starts_with("model.layers.")
+        && (name.contains(".self_attn.") || name.contains(".mlp."))
+        && name.ends_with("_proj.weight")
 }
 
 /// Runs `f` on every item on all cores (items interleaved over workers so large and small
 /// ones spread evenly); results in item order, the first error returned.
-pub(crate) fn parallel_map<T: Sync, R: Send, E: Send>(items: &[T], f: impl Fn(&T) -> std::result::Result<R, E> + Sync) -> std::result::Result<Vec<R>, E> {
+pub(crate) fn parallel_map<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> std::result::Result<R, E> + Sync,
+) -> std::result::Result<Vec<R>, E> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(items.len().max(1));
     let mut slots: Vec<Option<std::result::Result<R, E>>> = (0..items.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let f = &f;
-                s.spawn(move || items.iter().enumerate().skip(w).step_by(workers).map(|(i, x)| (i, f(x))).collect::<Vec<_>>())
+                s.spawn(move || {
+                    items.iter().enumerate().skip(w).step_by(workers).map(|(i, x)| (i, f(x))).collect::<Vec<_>>()
+                })
             })
             .collect();
         for h in handles {
@@ -254,8 +273,19 @@ pub fn quantize_model(model: &mut super::Llama, format: GgmlDType) -> Result<()>
     for layer in &mut model.weights.layers {
         let a = &mut layer.self_attn;
         let m = &mut layer.mlp;
-        let mut lins = [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj, &mut m.gate_proj, &mut m.up_proj, &mut m.down_proj];
-        let dense: Vec<Tensor> = lins.iter().map(|l| l.weight.dense()?.to_device(&Device::Cpu)?.to_dtype(DType::F32)).collect::<Result<_>>()?;
+        let mut lins = [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ];
+        let dense: Vec<Tensor> = lins
+            .iter()
+            .map(|l| l.weight.dense()?.to_device(&Device::Cpu)?.to_dtype(DType::F32))
+            .collect::<Result<_>>()?;
         let q = parallel_map(&dense, |w| QTensor::quantize(w, format))?;
         for (lin, q) in lins.iter_mut().zip(q) {
             lin.weight = Weight::Quantized(QuantizedWeight::with_scratch(q, &device, compute, scratch.clone())?);

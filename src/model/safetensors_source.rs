@@ -74,7 +74,8 @@ pub fn read_index(index: &Path) -> Result<Vec<(String, String)>, LoadError> {
     let bad = |msg: String| LoadError::Config { path: index.to_path_buf(), msg };
     let text = std::fs::read_to_string(index).map_err(|e| LoadError::io(index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let map =
+        json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
     map.iter()
         .map(|(tensor, shard)| match shard.as_str() {
             Some(s) => Ok((tensor.clone(), s.to_string())),
@@ -85,7 +86,13 @@ pub fn read_index(index: &Path) -> Result<Vec<(String, String)>, LoadError> {
 
 /// Loads every tensor `cfg` expects from `files`, converting to `dtype` on `device`.
 /// `skip(name)` leaves a tensor out (QLoRA loads the projections separately).
-pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device: &Device, skip: &dyn Fn(&str) -> bool) -> Result<HashMap<String, Tensor>, LoadError> {
+pub fn load_tensors(
+    cfg: &ModelConfig,
+    files: &WeightFiles,
+    dtype: DType,
+    device: &Device,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>, LoadError> {
     // Group by file so each file is mapped once.
     let mut per_file: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new(); files.files.len()];
     for (name, shape) in cfg.expected_tensors().into_iter().filter(|(n, _)| !skip(n)) {
@@ -113,7 +120,11 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
             .map_err(|e| LoadError::Safetensors { path: path.clone(), msg: e.to_string() })?;
         for (name, shape) in wanted {
             let view = checked_view(&st, path, &name, &shape)?;
-            let terr = |e: candle_core::Error| LoadError::Tensor { path: path.clone(), tensor: name.clone(), msg: e.to_string() };
+            let terr = |e: candle_core::Error| LoadError::Tensor {
+                path: path.clone(),
+                tensor: name.clone(),
+                msg: e.to_string(),
+            };
             // Stored in the compute dtype and bound for a GPU: straight from the map to the
             // device through pinned buffers (gpu_upload), no host-side conversion.
             #[cfg(feature = "cuda")]
@@ -131,10 +142,21 @@ pub fn load_tensors(cfg: &ModelConfig, files: &WeightFiles, dtype: DType, device
 }
 
 /// The tensor `name` of a mapped file, checked to have `shape`.
-pub fn checked_view<'a>(st: &'a safetensors::SafeTensors<'a>, path: &Path, name: &str, shape: &[usize]) -> Result<safetensors::tensor::TensorView<'a>, LoadError> {
-    let view = st.tensor(name).map_err(|_| LoadError::MissingTensor { path: path.to_path_buf(), tensor: name.to_string() })?;
+pub fn checked_view<'a>(
+    st: &'a safetensors::SafeTensors<'a>,
+    path: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<safetensors::tensor::TensorView<'a>, LoadError> {
+    let view =
+        st.tensor(name).map_err(|_| LoadError::MissingTensor { path: path.to_path_buf(), tensor: name.to_string() })?;
     if view.shape() != shape {
-        return Err(LoadError::ShapeMismatch { path: path.to_path_buf(), tensor: name.to_string(), expected: shape.to_vec(), found: view.shape().to_vec() });
+        return Err(LoadError::ShapeMismatch {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            expected: shape.to_vec(),
+            found: view.shape().to_vec(),
+        });
     }
     Ok(view)
 }

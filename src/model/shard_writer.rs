@@ -12,7 +12,11 @@ use super::safetensors_source::{INDEX_FILE, SINGLE_FILE};
 
 /// Groups `tensors` (in order) into shards of at most `max_shard_bytes` each (a tensor
 /// larger than that gets a shard of its own).
-pub fn plan_shards(tensors: &[(String, Vec<usize>)], dtype: DType, max_shard_bytes: u64) -> Vec<Vec<(String, Vec<usize>)>> {
+pub fn plan_shards(
+    tensors: &[(String, Vec<usize>)],
+    dtype: DType,
+    max_shard_bytes: u64,
+) -> Vec<Vec<(String, Vec<usize>)>> {
     let elem = dtype.size_in_bytes() as u64;
     let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![Vec::new()];
     let mut current = 0u64;
@@ -49,7 +53,12 @@ pub fn write_shards(
         for (name, shape) in shard {
             let t = produce(name, shape)?;
             if t.dims() != shape.as_slice() {
-                return Err(LoadError::ShapeMismatch { path: dir.join(&file), tensor: name.clone(), expected: shape.clone(), found: t.dims().to_vec() });
+                return Err(LoadError::ShapeMismatch {
+                    path: dir.join(&file),
+                    tensor: name.clone(),
+                    expected: shape.clone(),
+                    found: t.dims().to_vec(),
+                });
             }
             let t = t.to_dtype(dtype)?;
             let bytes = (t.elem_count() * dtype.size_in_bytes()) as u64;
@@ -59,11 +68,16 @@ pub fn write_shards(
             weight_map.insert(name.clone(), file.clone());
         }
         let path = dir.join(&file);
-        crate::atomic::write_with(&path, |tmp| candle_core::safetensors::save(&named, tmp).map_err(|e| std::io::Error::other(e.to_string())))
-            .map_err(|e| LoadError::io(&path, e))?;
+        crate::atomic::write_with(&path, |tmp| {
+            candle_core::safetensors::save(&named, tmp).map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(|e| LoadError::io(&path, e))?;
     }
     if n > 1 {
-        write_json(&dir.join(INDEX_FILE), &serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map }))?;
+        write_json(
+            &dir.join(INDEX_FILE),
+            &serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map }),
+        )?;
     }
     Ok(total)
 }

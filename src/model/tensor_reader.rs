@@ -24,9 +24,16 @@ pub struct TensorReader {
 }
 
 enum Kind {
-    Safetensors { files: WeightFiles, maps: Vec<memmap2::Mmap> },
+    Safetensors {
+        files: WeightFiles,
+        maps: Vec<memmap2::Mmap>,
+    },
     /// `names`: HF name -> GGUF name, checked against the file's directory at open.
-    Gguf { content: Content, file: std::fs::File, names: HashMap<String, String> },
+    Gguf {
+        content: Content,
+        file: std::fs::File,
+        names: HashMap<String, String>,
+    },
 }
 
 impl TensorReader {
@@ -106,22 +113,35 @@ impl TensorReader {
     pub fn read_f32(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
         match &mut self.kind {
             Kind::Gguf { content, file, names } => {
-                let g = names.get(name).ok_or_else(|| LoadError::MissingTensor { path: self.resolved.clone(), tensor: name.to_string() })?;
+                let g = names.get(name).ok_or_else(|| LoadError::MissingTensor {
+                    path: self.resolved.clone(),
+                    tensor: name.to_string(),
+                })?;
                 gguf_source::read_tensor_f32(&self.config, content, file, &self.resolved, name, g)
             }
             Kind::Safetensors { .. } => self.with_view(name, shape, |view, path| {
-                let terr = |e: candle_core::Error| LoadError::Tensor { path: path.to_path_buf(), tensor: name.to_string(), msg: e.to_string() };
+                let terr = |e: candle_core::Error| LoadError::Tensor {
+                    path: path.to_path_buf(),
+                    tensor: name.to_string(),
+                    msg: e.to_string(),
+                };
                 view.load(&Device::Cpu).map_err(terr)?.to_dtype(DType::F32).map_err(terr)
             }),
         }
     }
 
     /// Runs `f` on the checked view of `name` and the path of the file holding it.
-    fn with_view<T>(&self, name: &str, shape: &[usize], f: impl FnOnce(&safetensors::tensor::TensorView<'_>, &Path) -> Result<T, LoadError>) -> Result<T, LoadError> {
+    fn with_view<T>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        f: impl FnOnce(&safetensors::tensor::TensorView<'_>, &Path) -> Result<T, LoadError>,
+    ) -> Result<T, LoadError> {
         let Kind::Safetensors { files, maps } = &self.kind else { unreachable!("safetensors only") };
         let i = files.file_of(name)?;
         let path = &files.files[i];
-        let st = safetensors::SafeTensors::deserialize(&maps[i]).map_err(|e| LoadError::Safetensors { path: path.clone(), msg: e.to_string() })?;
+        let st = safetensors::SafeTensors::deserialize(&maps[i])
+            .map_err(|e| LoadError::Safetensors { path: path.clone(), msg: e.to_string() })?;
         f(&checked_view(&st, path, name, shape)?, path)
     }
 }

@@ -71,7 +71,14 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
     let _ = writeln!(out, "<h1>loratune report: {}</h1>", Esc(&name));
     let m = &s.manifest;
     let model = tables::base_model(s);
-    let _ = writeln!(out, "<p class=\"sub\">{} &middot; {} of {} steps &middot; {}</p>", Esc(&m.status), m.steps_completed, m.total_steps, Esc(model));
+    let _ = writeln!(
+        out,
+        "<p class=\"sub\">{} &middot; {} of {} steps &middot; {}</p>",
+        Esc(&m.status),
+        m.steps_completed,
+        m.total_steps,
+        Esc(model)
+    );
     if let Some(e) = &m.error {
         let _ = writeln!(out, "<div class=\"warning\">The run failed: {}</div>", Esc(e));
     }
@@ -100,7 +107,11 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
     out.push_str("<h2>Generation: base vs tuned</h2>\n");
     match (tables::generation_table(s), s.eval.as_ref().and_then(|e| e.generation.as_ref())) {
         (Some(t), Some(g)) => {
-            let _ = writeln!(out, "<p>The base and the tuned model's answers to {} eval prompts, scored against the references.</p>", g.examples);
+            let _ = writeln!(
+                out,
+                "<p>The base and the tuned model's answers to {} eval prompts, scored against the references.</p>",
+                g.examples
+            );
             table(&mut out, &t);
         }
         _ => note(&mut out, NOT_CONFIGURED),
@@ -128,9 +139,21 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
         Some(samples) if !samples.is_empty() => {
             out.push_str("<table class=\"samples\">\n<thead><tr><th>prompt</th><th>reference</th><th>base</th><th>tuned</th></tr></thead>\n<tbody>\n");
             for (i, x) in samples.iter().enumerate() {
-                let _ = writeln!(out, "<tr class=\"sample-head\"><td colspan=\"4\">Sample {} &middot; eval file line {}</td></tr>", i + 1, x.line);
+                let _ = writeln!(
+                    out,
+                    "<tr class=\"sample-head\"><td colspan=\"4\">Sample {} &middot; eval file line {}</td></tr>",
+                    i + 1,
+                    x.line
+                );
                 let reference = x.reference.as_deref().unwrap_or("(none)");
-                let _ = writeln!(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", Esc(&x.prompt), Esc(reference), Esc(&x.base), Esc(&x.tuned));
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    Esc(&x.prompt),
+                    Esc(reference),
+                    Esc(&x.base),
+                    Esc(&x.tuned)
+                );
             }
             out.push_str("</tbody>\n</table>\n");
         }
@@ -141,12 +164,17 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
     out.push_str("<h2>Config</h2>\n");
     match &s.config_toml {
         Some(c) => {
-            let _ = writeln!(out, "<details open>\n<summary>config.toml (resolved)</summary>\n<pre>{}</pre>\n</details>", Esc(c));
+            let _ = writeln!(
+                out,
+                "<details open>\n<summary>config.toml (resolved)</summary>\n<pre>{}</pre>\n</details>",
+                Esc(c)
+            );
         }
         None => note(&mut out, "config.toml is missing from the run folder"),
     }
     out.push_str("<h2>Manifest</h2>\n");
-    let _ = writeln!(out, "<details>\n<summary>run.json</summary>\n<pre>{}</pre>\n</details>", Esc(&s.manifest_pretty()));
+    let _ =
+        writeln!(out, "<details>\n<summary>run.json</summary>\n<pre>{}</pre>\n</details>", Esc(&s.manifest_pretty()));
     out.push_str("</body>\n</html>\n");
     out
 }

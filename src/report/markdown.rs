@@ -35,7 +35,15 @@ pub fn fenced(text: &str, info: &str) -> String {
 
 fn table(out: &mut String, t: &Table) {
     let _ = writeln!(out, "| {} |", t.header.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | "));
-    let _ = writeln!(out, "|{}", t.header.iter().enumerate().map(|(i, _)| if i == 0 || !t.align_numbers { "---|" } else { "---:|" }).collect::<String>());
+    let _ = writeln!(
+        out,
+        "|{}",
+        t.header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 || !t.align_numbers { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
     for row in &t.rows {
         let _ = writeln!(out, "| {} |", row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
     }
@@ -75,7 +83,11 @@ pub fn render(s: &RunSummary, has_loss_plot: bool, has_lr_plot: bool) -> String 
     out.push_str("## Generation: base vs tuned\n\n");
     match (tables::generation_table(s), s.eval.as_ref().and_then(|e| e.generation.as_ref())) {
         (Some(t), Some(g)) => {
-            let _ = writeln!(out, "The base and the tuned model's answers to {} eval prompts, scored against the references.\n", g.examples);
+            let _ = writeln!(
+                out,
+                "The base and the tuned model's answers to {} eval prompts, scored against the references.\n",
+                g.examples
+            );
             table(&mut out, &t);
         }
         _ => {
@@ -110,7 +122,12 @@ pub fn render(s: &RunSummary, has_loss_plot: bool, has_lr_plot: bool) -> String 
             for (i, x) in samples.iter().enumerate() {
                 let _ = writeln!(out, "### Sample {} (eval file line {})\n", i + 1, x.line);
                 let reference = x.reference.as_deref().unwrap_or("(none)");
-                for (label, text) in [("Prompt", x.prompt.as_str()), ("Reference", reference), ("Base", x.base.as_str()), ("Tuned", x.tuned.as_str())] {
+                for (label, text) in [
+                    ("Prompt", x.prompt.as_str()),
+                    ("Reference", reference),
+                    ("Base", x.base.as_str()),
+                    ("Tuned", x.tuned.as_str()),
+                ] {
                     let _ = writeln!(out, "**{label}**\n\n{}", fenced(text, "text"));
                 }
             }

@@ -177,7 +177,11 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_str(text);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
-        if field == "." { e.into_inner().to_string() } else { format!("{field}: {}", e.into_inner()) }
+        if field == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{field}: {}", e.into_inner())
+        }
     })?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
@@ -194,7 +198,11 @@ fn parse_jsonl<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Resul
         if line.trim().is_empty() {
             continue;
         }
-        let v = from_json(line).map_err(|message| ReportError::Malformed { path: path.to_path_buf(), line: Some(i + 1), message })?;
+        let v = from_json(line).map_err(|message| ReportError::Malformed {
+            path: path.to_path_buf(),
+            line: Some(i + 1),
+            message,
+        })?;
         out.push(v);
     }
     Ok(out)
@@ -203,12 +211,14 @@ fn parse_jsonl<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Resul
 impl RunSummary {
     pub fn load(dir: &Path) -> Result<RunSummary, ReportError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest_text = read_text(&manifest_path)?.ok_or(ReportError::Missing { path: manifest_path.clone(), what: "the run manifest" })?;
+        let manifest_text = read_text(&manifest_path)?
+            .ok_or(ReportError::Missing { path: manifest_path.clone(), what: "the run manifest" })?;
         let manifest_json: serde_json::Value = parse_json(&manifest_path, &manifest_text)?;
         let manifest: Manifest = parse_json(&manifest_path, &manifest_text)?;
 
         let metrics_path = dir.join(METRICS_FILE);
-        let metrics_text = read_text(&metrics_path)?.ok_or(ReportError::Missing { path: metrics_path.clone(), what: "the per-step metrics" })?;
+        let metrics_text = read_text(&metrics_path)?
+            .ok_or(ReportError::Missing { path: metrics_path.clone(), what: "the per-step metrics" })?;
         let lines: Vec<MetricsLine> = parse_jsonl(&metrics_path, &metrics_text)?;
         let mut by_step = BTreeMap::new();
         for m in lines {
@@ -236,7 +246,10 @@ impl RunSummary {
     /// The run folder's name, for titles.
     pub fn name(&self) -> String {
         let canonical = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
-        canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| self.dir.display().to_string())
+        canonical
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.dir.display().to_string())
     }
 
     /// (step, loss) of every training step.
@@ -252,7 +265,8 @@ impl RunSummary {
     /// Every eval by step: the step-0 base eval and the periodic ones from metrics.jsonl,
     /// plus those only eval.json records (the closing eval of a resumed run).
     pub fn eval_losses(&self) -> Vec<(usize, f64)> {
-        let mut points: BTreeMap<usize, f64> = self.metrics.iter().filter_map(|m| m.eval_loss.map(|l| (m.step, l))).collect();
+        let mut points: BTreeMap<usize, f64> =
+            self.metrics.iter().filter_map(|m| m.eval_loss.map(|l| (m.step, l))).collect();
         if let Some(e) = &self.eval {
             for p in e.base.iter().chain(&e.history) {
                 points.entry(p.step).or_insert(p.loss);
@@ -264,7 +278,9 @@ impl RunSummary {
     /// Base, best and final eval rows, each when known.
     pub fn eval_rows(&self) -> [(&'static str, Option<EvalRow>); 3] {
         let e = self.eval.as_ref();
-        let base = e.and_then(|e| e.base).or_else(|| self.metrics.iter().find(|m| m.step == 0).and_then(|m| m.eval_loss.map(|loss| EvalPoint { step: 0, loss })));
+        let base = e.and_then(|e| e.base).or_else(|| {
+            self.metrics.iter().find(|m| m.step == 0).and_then(|m| m.eval_loss.map(|loss| EvalPoint { step: 0, loss }))
+        });
         let row = |p: Option<EvalPoint>| {
             p.map(|p| EvalRow {
                 step: p.step,
@@ -280,10 +296,13 @@ impl RunSummary {
         let steps: Vec<&MetricsLine> = self.metrics.iter().filter(|m| m.loss.is_some()).collect();
         let tokens: usize = steps.iter().filter_map(|m| m.tokens).sum();
         // Each step's time is its tokens over its tokens/s.
-        let seconds: f64 = steps.iter().filter_map(|m| match (m.tokens, m.tokens_per_s) {
-            (Some(t), Some(tps)) if tps > 0.0 => Some(t as f64 / tps),
-            _ => None,
-        }).sum();
+        let seconds: f64 = steps
+            .iter()
+            .filter_map(|m| match (m.tokens, m.tokens_per_s) {
+                (Some(t), Some(tps)) if tps > 0.0 => Some(t as f64 / tps),
+                _ => None,
+            })
+            .sum();
         TrainingTotals {
             steps: steps.len(),
             epochs: steps.iter().filter_map(|m| m.epoch).max().map_or(0, |e| e + 1),
@@ -352,7 +371,13 @@ pub mod fmt {
     pub fn seconds(s: f64) -> String {
         let whole = s.round() as u64;
         let (h, m, sec) = (whole / 3600, whole / 60 % 60, whole % 60);
-        let clock = if h > 0 { format!("{h}h {m:02}m {sec:02}s") } else if m > 0 { format!("{m}m {sec:02}s") } else { format!("{sec}s") };
+        let clock = if h > 0 {
+            format!("{h}h {m:02}m {sec:02}s")
+        } else if m > 0 {
+            format!("{m}m {sec:02}s")
+        } else {
+            format!("{sec}s")
+        };
         format!("{s:.1} s ({clock})")
     }
 
@@ -408,7 +433,11 @@ mod tests {
         assert!(e.contains("metrics.jsonl line 2: loss: invalid type"), "{e}");
 
         write(d.path(), "metrics.jsonl", "{\"step\": 1, \"loss\": 2.0, \"elapsed_s\": 1}\n");
-        write(d.path(), "samples.jsonl", "{\"line\": 3, \"prompt\": \"p\", \"base\": \"b\", \"tuned\": \"t\"}\n{\"line\": 4, \"prompt\": \"p\"}\n");
+        write(
+            d.path(),
+            "samples.jsonl",
+            "{\"line\": 3, \"prompt\": \"p\", \"base\": \"b\", \"tuned\": \"t\"}\n{\"line\": 4, \"prompt\": \"p\"}\n",
+        );
         let e = RunSummary::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("samples.jsonl line 2") && e.contains("missing field `base`"), "{e}");
 
@@ -434,7 +463,11 @@ mod tests {
                 "{\"step\": 2, \"epoch\": 1, \"loss\": 1.7, \"lr\": 0.002, \"tokens\": 300, \"tokens_per_s\": 100.0, \"eval_loss\": 1.5, \"elapsed_s\": 4}\n",
             ),
         );
-        write(d.path(), "eval.json", r#"{"base": {"step": 0, "loss": 2.0}, "best": {"step": 2, "loss": 1.5}, "final": {"step": 3, "loss": 1.6}, "history": [{"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.6}]}"#);
+        write(
+            d.path(),
+            "eval.json",
+            r#"{"base": {"step": 0, "loss": 2.0}, "best": {"step": 2, "loss": 1.5}, "final": {"step": 3, "loss": 1.6}, "history": [{"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.6}]}"#,
+        );
         let s = RunSummary::load(d.path()).unwrap();
         let t = s.training_totals();
         assert_eq!((t.steps, t.epochs, t.tokens), (2, 2, 400));
@@ -454,7 +487,11 @@ mod tests {
     #[test]
     fn lint_summary_is_flattened_to_rows() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "run.json", r#"{"status": "completed", "steps_completed": 0, "total_steps": 0, "lint": {"errors": 0, "warnings": 3, "by_file": {"train.jsonl": {"exact_duplicates": 2}}, "files": ["a", "b"], "verdict": "ok"}}"#);
+        write(
+            d.path(),
+            "run.json",
+            r#"{"status": "completed", "steps_completed": 0, "total_steps": 0, "lint": {"errors": 0, "warnings": 3, "by_file": {"train.jsonl": {"exact_duplicates": 2}}, "files": ["a", "b"], "verdict": "ok"}}"#,
+        );
         write(d.path(), "metrics.jsonl", "");
         let rows = RunSummary::load(d.path()).unwrap().lint_rows().unwrap();
         let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());

@@ -41,7 +41,8 @@ pub fn moving_average(points: &[(usize, f64)], window: usize) -> Vec<(usize, f64
 
 /// A y range around `values` with a margin, never empty.
 fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -62,7 +63,11 @@ fn plot_error(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// The axes of both plots: optimizer steps on x, floats on y.
-type StepChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordusize, plotters::coord::types::RangedCoordf64>>;
+type StepChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordusize, plotters::coord::types::RangedCoordf64>,
+>;
 
 /// What sets one plot apart from the other; the frame, grid and fonts are shared.
 struct Frame<'f> {
@@ -211,7 +216,13 @@ mod tests {
         let eval = [(0, 3.2), (10, 2.6), (20, 2.2), (30, 1.9)];
         let svg = loss_svg(&train, &eval).unwrap().unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        for needle in ["optimizer step", "loss (mean per target token)", "train loss per step", "mean of the last 3 steps", "eval loss (step 0: base model)"] {
+        for needle in [
+            "optimizer step",
+            "loss (mean per target token)",
+            "train loss per step",
+            "mean of the last 3 steps",
+            "eval loss (step 0: base model)",
+        ] {
             assert!(svg.contains(needle), "{needle} missing");
         }
         let stroke = |c: RGBColor| format!("stroke=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);

@@ -27,7 +27,13 @@ pub fn eval_table(s: &RunSummary) -> Option<Table> {
     let mut t = Table::new(&["eval", "step", "loss", "perplexity", "vs base"]);
     for (name, row) in s.eval_rows() {
         if let Some(r) = row {
-            t.row(vec![name.to_string(), r.step.to_string(), fmt::loss(r.loss), fmt::perplexity(r.perplexity), r.change_pct.map_or("n/a".into(), fmt::change_pct)]);
+            t.row(vec![
+                name.to_string(),
+                r.step.to_string(),
+                fmt::loss(r.loss),
+                fmt::perplexity(r.perplexity),
+                r.change_pct.map_or("n/a".into(), fmt::change_pct),
+            ]);
         }
     }
     (!t.rows.is_empty()).then_some(t)
@@ -102,7 +108,8 @@ pub fn generation_table(s: &RunSummary) -> Option<Table> {
 /// The regression set's loss before and after tuning, against the forgetting threshold.
 pub fn regression_table(s: &RunSummary) -> Option<Table> {
     let r = s.eval.as_ref()?.regression.as_ref()?;
-    let mut t = Table::new(&["regression set", "examples", "base loss", "tuned loss", "change", "threshold", "verdict"]);
+    let mut t =
+        Table::new(&["regression set", "examples", "base loss", "tuned loss", "change", "threshold", "verdict"]);
     t.row(vec![
         r.file.display().to_string(),
         fmt::count(r.examples),
@@ -153,8 +160,13 @@ mod tests {
 
     fn summary(eval_json: &str) -> RunSummary {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("run.json"), r#"{"status": "completed", "steps_completed": 4, "total_steps": 4, "wall_seconds": 65.0}"#).unwrap();
-        std::fs::write(d.path().join("metrics.jsonl"), "{\"step\": 0, \"eval_loss\": 2.5, \"elapsed_s\": 0.1}\n").unwrap();
+        std::fs::write(
+            d.path().join("run.json"),
+            r#"{"status": "completed", "steps_completed": 4, "total_steps": 4, "wall_seconds": 65.0}"#,
+        )
+        .unwrap();
+        std::fs::write(d.path().join("metrics.jsonl"), "{\"step\": 0, \"eval_loss\": 2.5, \"elapsed_s\": 0.1}\n")
+            .unwrap();
         std::fs::write(d.path().join("eval.json"), eval_json).unwrap();
         RunSummary::load(d.path()).unwrap()
     }
@@ -168,9 +180,18 @@ mod tests {
         let t = regression_table(&s).unwrap();
         assert_eq!(t.rows[0], ["keep.jsonl", "20", "1.2500", "1.5000", "+20.00%", "5.00%", "FORGETTING"]);
         let w = forgetting_warning(&s).unwrap();
-        assert!(w.contains("keep.jsonl is 20.00% above the base model's (1.2500 to 1.5000), past the threshold of 5.00%"), "{w}");
+        assert!(
+            w.contains("keep.jsonl is 20.00% above the base model's (1.2500 to 1.5000), past the threshold of 5.00%"),
+            "{w}"
+        );
         let e = eval_table(&s).unwrap();
-        assert_eq!(e.rows, vec![vec!["base", "0", "2.5000", &fmt::perplexity(2.5f64.exp()), "+0.00%"], vec!["final", "4", "2.0000", &fmt::perplexity(2f64.exp()), "-20.00%"]]);
+        assert_eq!(
+            e.rows,
+            vec![
+                vec!["base", "0", "2.5000", &fmt::perplexity(2.5f64.exp()), "+0.00%"],
+                vec!["final", "4", "2.0000", &fmt::perplexity(2f64.exp()), "-20.00%"]
+            ]
+        );
         assert!(generation_table(&s).is_none() && lint_table(&s).is_none());
     }
 

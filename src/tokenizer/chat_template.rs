@@ -35,11 +35,7 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// Compile `source` once. A syntax error comes back as [`TokenizerError::Template`] with
     /// minijinja's message, line and the offending source line.
-    pub fn new(
-        source: &str,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
-    ) -> Result<Self, TokenizerError> {
+    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, TokenizerError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -50,35 +46,20 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME.to_string(), source.to_string())
-            .map_err(|e| TokenizerError::Template {
-                message: format!("cannot compile chat template: {}", describe(&e)),
-            })?;
-        Ok(ChatTemplate {
-            env,
-            source: source.to_string(),
-            bos_token,
-            eos_token,
-        })
+        env.add_template_owned(TEMPLATE_NAME.to_string(), source.to_string()).map_err(|e| {
+            TokenizerError::Template { message: format!("cannot compile chat template: {}", describe(&e)) }
+        })?;
+        Ok(ChatTemplate { env, source: source.to_string(), bos_token, eos_token })
     }
 
     /// Render `messages` (each a `{role, content}` mapping, in that key order) with
     /// `add_generation_prompt`, `bos_token` and `eos_token` in scope.
-    pub fn render(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<String, TokenizerError> {
-        let template =
-            self.env
-                .get_template(TEMPLATE_NAME)
-                .map_err(|e| TokenizerError::Template {
-                    message: format!("chat template missing: {e}"),
-                })?;
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| Value::from_object(MessageObject(m.clone())))
-            .collect();
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| TokenizerError::Template { message: format!("chat template missing: {e}") })?;
+        let messages: Vec<Value> = messages.iter().map(|m| Value::from_object(MessageObject(m.clone()))).collect();
         // Unset tokens are left out (undefined, so they print as nothing), as in transformers.
         let mut ctx: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
         ctx.insert("messages", Value::from(messages));
@@ -89,9 +70,9 @@ impl ChatTemplate {
         if let Some(t) = &self.eos_token {
             ctx.insert("eos_token", Value::from(t.as_str()));
         }
-        template.render(ctx).map_err(|e| TokenizerError::Template {
-            message: format!("cannot render chat template: {}", describe(&e)),
-        })
+        template
+            .render(ctx)
+            .map_err(|e| TokenizerError::Template { message: format!("cannot render chat template: {}", describe(&e)) })
     }
 
     /// The template text as given.
@@ -153,22 +134,12 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(v) => match (v.as_i64(), v.as_str()) {
             (Some(n), _) => Some(" ".repeat(n.max(0) as usize)),
             (None, Some(s)) => Some(s.to_string()),
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidOperation,
-                    "tojson: indent must be an int or a string",
-                ))
-            }
+            _ => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")),
         },
     };
     let (item_sep, key_sep) = match separators.as_deref() {
         Some([a, b]) => (a.clone(), b.clone()),
-        Some(_) => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "tojson: separators must be a pair",
-            ))
-        }
+        Some(_) => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
         None if indent.is_some() => (",".to_string(), ": ".to_string()),
         None => (", ".to_string(), ": ".to_string()),
     };
@@ -194,10 +165,7 @@ struct JsonOpts {
 
 fn write_json(out: &mut String, v: &Value, o: &JsonOpts, depth: usize) -> Result<(), Error> {
     if depth > 128 {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            "tojson: value nested too deeply",
-        ));
+        return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
     }
     match v.kind() {
         ValueKind::None => out.push_str("null"),
@@ -216,9 +184,7 @@ fn write_json(out: &mut String, v: &Value, o: &JsonOpts, depth: usize) -> Result
         ValueKind::String => write_json_str(out, v.as_str().unwrap_or_default(), o.ensure_ascii),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
-            write_container(out, '[', ']', items.len(), o, depth, |out, i| {
-                write_json(out, &items[i], o, depth + 1)
-            })?;
+            write_container(out, '[', ']', items.len(), o, depth, |out, i| write_json(out, &items[i], o, depth + 1))?;
         }
         ValueKind::Map => {
             let mut pairs: Vec<(String, Value)> = Vec::new();
@@ -236,9 +202,7 @@ fn write_json(out: &mut String, v: &Value, o: &JsonOpts, depth: usize) -> Result
                     other => {
                         return Err(Error::new(
                             ErrorKind::InvalidOperation,
-                            format!(
-                                "tojson: keys must be str, int, float, bool or None, not {other}"
-                            ),
+                            format!("tojson: keys must be str, int, float, bool or None, not {other}"),
                         ))
                     }
                 };
@@ -327,11 +291,7 @@ fn python_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
     let a = f.abs();
     if a != 0.0 && !(1e-4..1e16).contains(&a) {
@@ -351,10 +311,7 @@ fn python_float(f: f64) -> String {
 
 /// `strftime_now(fmt)`: the current time (UTC) formatted with the usual `%` codes.
 fn strftime_now(format: String) -> Result<Value, Error> {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     strftime(secs, &format).map(Value::from)
 }
 
@@ -372,15 +329,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
+const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 
 /// Civil date (year, month 1-12, day 1-31) of a day count since 1970-01-01.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -414,12 +363,9 @@ fn strftime(unix_secs: i64, format: &str) -> Result<String, Error> {
             out.push(c);
             continue;
         }
-        let spec = chars.next().ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                "strftime_now: format ends with a lone %",
-            )
-        })?;
+        let spec = chars
+            .next()
+            .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "strftime_now: format ends with a lone %"))?;
         let _ = match spec {
             'Y' => write!(out, "{y}"),
             'y' => write!(out, "{:02}", y.rem_euclid(100)),
@@ -428,12 +374,7 @@ fn strftime(unix_secs: i64, format: &str) -> Result<String, Error> {
             '-' => match chars.next() {
                 Some('d') => write!(out, "{d}"),
                 Some('m') => write!(out, "{m}"),
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidOperation,
-                        "strftime_now: unsupported %- code",
-                    ))
-                }
+                _ => return Err(Error::new(ErrorKind::InvalidOperation, "strftime_now: unsupported %- code")),
             },
             'e' => write!(out, "{d:>2}"),
             'j' => write!(out, "{yday:03}"),
@@ -483,14 +424,7 @@ mod tests {
              <|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
         );
         let out = t
-            .render(
-                &[
-                    msg(Role::System, "Be brief."),
-                    msg(Role::User, "Hi"),
-                    msg(Role::Assistant, "Hello!"),
-                ],
-                false,
-            )
+            .render(&[msg(Role::System, "Be brief."), msg(Role::User, "Hi"), msg(Role::Assistant, "Hello!")], false)
             .unwrap();
         assert_eq!(
             out,
@@ -518,30 +452,17 @@ mod tests {
             )
             .unwrap();
         // strip() applies to the whole content, system block included, so " Hi" keeps its space.
-        assert_eq!(
-            out,
-            "<s>[INST] <<SYS>>\nSys\n<</SYS>>\n\n Hi [/INST] Yo </s><s>[INST] Again [/INST]"
-        );
-        let err = t
-            .render(&[msg(Role::User, "a"), msg(Role::User, "b")], false)
-            .unwrap_err();
+        assert_eq!(out, "<s>[INST] <<SYS>>\nSys\n<</SYS>>\n\n Hi [/INST] Yo </s><s>[INST] Again [/INST]");
+        let err = t.render(&[msg(Role::User, "a"), msg(Role::User, "b")], false).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("Conversation roles must alternate user/assistant/user/assistant/..."),
-            "{text}"
-        );
+        assert!(text.contains("Conversation roles must alternate user/assistant/user/assistant/..."), "{text}");
     }
 
     #[test]
     fn python_methods_loop_first_and_block_trimming() {
         let src = "{% for m in messages %}\n    {% if loop.first %}\n[{{ m.role.upper() }}]\n    {% endif %}\n{{ m['content'].strip() }}{% if m.content.strip().startswith('x') %}!{% endif %}|{{ m.content.split(',') | length }}\n{% endfor %}\n{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% endfor %}\n";
         let t = ChatTemplate::new(src, None, None).unwrap();
-        let out = t
-            .render(
-                &[msg(Role::User, "  xa,b  "), msg(Role::Assistant, "c")],
-                false,
-            )
-            .unwrap();
+        let out = t.render(&[msg(Role::User, "  xa,b  "), msg(Role::Assistant, "c")], false).unwrap();
         // lstrip_blocks removes the indentation before block tags, trim_blocks the newline after
         // them; the final newline of the source is dropped (keep_trailing_newline = false).
         assert_eq!(out, "[USER]\nxa,b!|2\nc|1\nrole=user;content=  xa,b  ;");
@@ -565,10 +486,7 @@ mod tests {
     fn generation_prompt_flag_and_special_tokens_in_scope() {
         let src = "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}>{% endif %}";
         let t = ChatTemplate::new(src, Some("<s>".into()), Some("</s>".into())).unwrap();
-        assert_eq!(
-            t.render(&[msg(Role::User, "a")], true).unwrap(),
-            "<s>a</s>>"
-        );
+        assert_eq!(t.render(&[msg(Role::User, "a")], true).unwrap(), "<s>a</s>>");
         // Checked against transformers 5.23 apply_chat_template.
         let py = "[{{ bos_token }}|{{ messages[0] | tojson }}|{{ {'x': 1.0, 'y': [1,2]} | tojson(indent=2) }}]";
         let t2 = ChatTemplate::new(py, None, None).unwrap();
@@ -576,10 +494,7 @@ mod tests {
             t2.render(&[msg(Role::User, "a")], false).unwrap(),
             "[|{\"role\": \"user\", \"content\": \"a\"}|{\n  \"x\": 1.0,\n  \"y\": [\n    1,\n    2\n  ]\n}]"
         );
-        assert_eq!(
-            t.render(&[msg(Role::User, "a")], false).unwrap(),
-            "<s>a</s>"
-        );
+        assert_eq!(t.render(&[msg(Role::User, "a")], false).unwrap(), "<s>a</s>");
         // Without tokens they are undefined and print as nothing, as in Jinja2.
         let t = ChatTemplate::new(src, None, None).unwrap();
         assert_eq!(t.render(&[msg(Role::User, "a")], false).unwrap(), "a");
@@ -596,14 +511,8 @@ mod tests {
         ] {
             let t = ChatTemplate::new(src, None, None).unwrap();
             let err = t.render(&[], false).unwrap_err().to_string();
-            assert!(
-                err.contains("not found") || err.contains("template"),
-                "{src}: {err}"
-            );
-            assert!(
-                !err.contains("[package]") && !err.contains("root:"),
-                "{src}: {err}"
-            );
+            assert!(err.contains("not found") || err.contains("template"), "{src}: {err}");
+            assert!(!err.contains("[package]") && !err.contains("root:"), "{src}: {err}");
         }
         // Including itself only recurses until the limit; it cannot read anything new.
         let t = ChatTemplate::new("{% include 'chat_template' %}", None, None).unwrap();
@@ -612,23 +521,16 @@ mod tests {
 
     #[test]
     fn syntax_error_is_reported_at_compile_time() {
-        let err =
-            ChatTemplate::new("{% for m in messages %}{{ m.content }", None, None).unwrap_err();
+        let err = ChatTemplate::new("{% for m in messages %}{{ m.content }", None, None).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("cannot compile chat template") && text.contains("syntax error"),
-            "{text}"
-        );
+        assert!(text.contains("cannot compile chat template") && text.contains("syntax error"), "{text}");
     }
 
     #[test]
     fn strftime_formats_known_dates() {
         // 2024-07-26 13:05:09 UTC, a Friday.
         let t = 1_722_000_000 - 1_722_000_000 % 86_400 + 13 * 3600 + 5 * 60 + 9;
-        assert_eq!(
-            strftime(t, "%d %b %Y %H:%M:%S %A %j %%").unwrap(),
-            "26 Jul 2024 13:05:09 Friday 208 %"
-        );
+        assert_eq!(strftime(t, "%d %b %Y %H:%M:%S %A %j %%").unwrap(), "26 Jul 2024 13:05:09 Friday 208 %");
         assert_eq!(strftime(0, "%F %T %a").unwrap(), "1970-01-01 00:00:00 Thu");
         assert_eq!(strftime(951_782_400, "%F").unwrap(), "2000-02-29");
         assert!(strftime(0, "%Q").is_err());

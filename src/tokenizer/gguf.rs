@@ -64,7 +64,8 @@ pub const TOKEN_TYPE_BYTE: i32 = 6;
 const ENDOFTEXT: &str = "<|endoftext|>";
 
 const SPLIT_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const SPLIT_QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const SPLIT_QWEN2: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const SPLIT_QWEN35: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const SPLIT_TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const SPLIT_GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -133,11 +134,7 @@ pub struct GgufTokenizer {
 }
 
 fn key_err(path: &Path, key: &str, message: impl Into<String>) -> TokenizerError {
-    TokenizerError::Gguf {
-        path: path.to_path_buf(),
-        key: key.to_string(),
-        message: message.into(),
-    }
+    TokenizerError::Gguf { path: path.to_path_buf(), key: key.to_string(), message: message.into() }
 }
 
 /// Any non-negative integer value (writers differ: u32, i32, u64 ...).
@@ -169,34 +166,20 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
-fn string_array(
-    md: &HashMap<String, Value>,
-    key: &str,
-    path: &Path,
-) -> Result<Option<Vec<String>>, TokenizerError> {
+fn string_array(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Option<Vec<String>>, TokenizerError> {
     let Some(v) = md.get(key) else {
         return Ok(None);
     };
-    let items = v
-        .to_vec()
-        .map_err(|_| key_err(path, key, "is not an array"))?;
+    let items = v.to_vec().map_err(|_| key_err(path, key, "is not an array"))?;
     items
         .iter()
         .enumerate()
-        .map(|(i, x)| {
-            x.to_string()
-                .cloned()
-                .map_err(|_| key_err(path, key, format!("entry {i} is not a string")))
-        })
+        .map(|(i, x)| x.to_string().cloned().map_err(|_| key_err(path, key, format!("entry {i} is not a string"))))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
 
-fn optional_bool(
-    md: &HashMap<String, Value>,
-    key: &str,
-    path: &Path,
-) -> Result<Option<bool>, TokenizerError> {
+fn optional_bool(md: &HashMap<String, Value>, key: &str, path: &Path) -> Result<Option<bool>, TokenizerError> {
     match md.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -208,20 +191,16 @@ fn optional_bool(
 }
 
 /// Rebuild the tokenizer a GGUF file describes. `path` only names the file in errors.
-pub fn tokenizer_from_gguf(
-    md: &HashMap<String, Value>,
-    path: &Path,
-) -> Result<GgufTokenizer, TokenizerError> {
+pub fn tokenizer_from_gguf(md: &HashMap<String, Value>, path: &Path) -> Result<GgufTokenizer, TokenizerError> {
     let model = match md.get(KEY_MODEL) {
-        Some(v) => v
-            .to_string()
-            .map_err(|_| key_err(path, KEY_MODEL, "is not a string"))?
-            .clone(),
-        None => return Err(key_err(
-            path,
-            KEY_MODEL,
-            "is missing: this GGUF carries no tokenizer; give the model a tokenizer.json instead",
-        )),
+        Some(v) => v.to_string().map_err(|_| key_err(path, KEY_MODEL, "is not a string"))?.clone(),
+        None => {
+            return Err(key_err(
+                path,
+                KEY_MODEL,
+                "is missing: this GGUF carries no tokenizer; give the model a tokenizer.json instead",
+            ))
+        }
     };
     match model.as_str() {
         "gpt2" => {}
@@ -242,8 +221,7 @@ pub fn tokenizer_from_gguf(
         }
     }
 
-    let tokens = string_array(md, KEY_TOKENS, path)?
-        .ok_or_else(|| key_err(path, KEY_TOKENS, "is missing"))?;
+    let tokens = string_array(md, KEY_TOKENS, path)?.ok_or_else(|| key_err(path, KEY_TOKENS, "is missing"))?;
     if tokens.is_empty() {
         return Err(key_err(path, KEY_TOKENS, "is empty"));
     }
@@ -253,45 +231,28 @@ pub fn tokenizer_from_gguf(
     let token_types: Vec<i32> = match md.get(KEY_TOKEN_TYPE) {
         None => Vec::new(),
         Some(v) => {
-            let items = v
-                .to_vec()
-                .map_err(|_| key_err(path, KEY_TOKEN_TYPE, "is not an array"))?;
+            let items = v.to_vec().map_err(|_| key_err(path, KEY_TOKEN_TYPE, "is not an array"))?;
             let types = items
                 .iter()
                 .enumerate()
                 .map(|(i, x)| {
                     as_i64(x)
                         .and_then(|t| i32::try_from(t).ok())
-                        .ok_or_else(|| {
-                            key_err(
-                                path,
-                                KEY_TOKEN_TYPE,
-                                format!("entry {i} is not an integer: {x:?}"),
-                            )
-                        })
+                        .ok_or_else(|| key_err(path, KEY_TOKEN_TYPE, format!("entry {i} is not an integer: {x:?}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if types.len() != tokens.len() {
                 return Err(key_err(
                     path,
                     KEY_TOKEN_TYPE,
-                    format!(
-                        "has {} entries but {KEY_TOKENS} has {}",
-                        types.len(),
-                        tokens.len()
-                    ),
+                    format!("has {} entries but {KEY_TOKENS} has {}", types.len(), tokens.len()),
                 ));
             }
             types
         }
     };
-    let merges_raw = string_array(md, KEY_MERGES, path)?.ok_or_else(|| {
-        key_err(
-            path,
-            KEY_MERGES,
-            "is missing (a \"gpt2\" tokenizer needs its BPE merges)",
-        )
-    })?;
+    let merges_raw = string_array(md, KEY_MERGES, path)?
+        .ok_or_else(|| key_err(path, KEY_MERGES, "is missing (a \"gpt2\" tokenizer needs its BPE merges)"))?;
     let mut merges = Vec::with_capacity(merges_raw.len());
     for (i, m) in merges_raw.iter().enumerate() {
         let mut parts = m.split(' ');
@@ -308,36 +269,21 @@ pub fn tokenizer_from_gguf(
     }
     let pre = match md.get(KEY_PRE) {
         None => None,
-        Some(v) => Some(
-            v.to_string()
-                .map_err(|_| key_err(path, KEY_PRE, "is not a string"))?
-                .clone(),
-        ),
+        Some(v) => Some(v.to_string().map_err(|_| key_err(path, KEY_PRE, "is not a string"))?.clone()),
     };
     let chat_template = match md.get(KEY_CHAT_TEMPLATE) {
         None => None,
-        Some(v) => Some(
-            v.to_string()
-                .map_err(|_| key_err(path, KEY_CHAT_TEMPLATE, "is not a string"))?
-                .clone(),
-        ),
+        Some(v) => Some(v.to_string().map_err(|_| key_err(path, KEY_CHAT_TEMPLATE, "is not a string"))?.clone()),
     };
     let special = |key: &str| -> Result<Option<(String, u32)>, TokenizerError> {
         let Some(v) = md.get(key) else {
             return Ok(None);
         };
-        let id =
-            as_u64(v).ok_or_else(|| key_err(path, key, format!("is not a token id: {v:?}")))?;
+        let id = as_u64(v).ok_or_else(|| key_err(path, key, format!("is not a token id: {v:?}")))?;
         let token = usize::try_from(id)
             .ok()
             .and_then(|i| tokens.get(i))
-            .ok_or_else(|| {
-                key_err(
-                    path,
-                    key,
-                    format!("is {id}, past the {} tokens", tokens.len()),
-                )
-            })?;
+            .ok_or_else(|| key_err(path, key, format!("is {id}, past the {} tokens", tokens.len())))?;
         Ok(Some((token.clone(), id as u32)))
     };
     let bos = special(KEY_BOS)?;
@@ -353,21 +299,12 @@ pub fn tokenizer_from_gguf(
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
     for (id, token) in tokens.iter().enumerate() {
-        let spelled = if in_alphabet(token) {
-            token.clone()
-        } else {
-            token.bytes().map(|b| table[b as usize]).collect()
-        };
+        let spelled =
+            if in_alphabet(token) { token.clone() } else { token.bytes().map(|b| table[b as usize]).collect() };
         vocab.insert(spelled, id as u32);
     }
     let bpe = BPE::builder()
-        .vocab_and_merges(
-            vocab
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect::<Vocab>(),
-            merges,
-        )
+        .vocab_and_merges(vocab.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vocab>(), merges)
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix(String::new())
         .fuse_unk(false)
@@ -377,23 +314,11 @@ pub fn tokenizer_from_gguf(
         .map_err(|e| key_err(path, KEY_MERGES, format!("cannot build the BPE model: {e}")))?;
 
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    let split = pre
-        .as_deref()
-        .and_then(|p| PRE_SPLITS.iter().find(|(name, _)| *name == p));
+    let split = pre.as_deref().and_then(|p| PRE_SPLITS.iter().find(|(name, _)| *name == p));
     match split {
         Some((_, regex)) => {
-            let split = Split::new(
-                SplitPattern::Regex(regex.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| {
-                key_err(
-                    path,
-                    KEY_PRE,
-                    format!("cannot compile the split regex: {e}"),
-                )
-            })?;
+            let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| key_err(path, KEY_PRE, format!("cannot compile the split regex: {e}")))?;
             tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
                 PreTokenizerWrapper::Split(split),
                 PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
@@ -405,83 +330,38 @@ pub fn tokenizer_from_gguf(
     }
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
     tokenizer.with_post_processor(Some(
-        post_processor(
-            bos.as_ref().filter(|_| add_bos_token),
-            eos.as_ref().filter(|_| add_eos_token),
-        )
-        .map_err(|e| key_err(path, KEY_ADD_BOS, e))?,
+        post_processor(bos.as_ref().filter(|_| add_bos_token), eos.as_ref().filter(|_| add_eos_token))
+            .map_err(|e| key_err(path, KEY_ADD_BOS, e))?,
     ));
 
     // Added tokens, in the order transformers adds them.
-    let added = |content: &str, special: bool| {
-        AddedToken::from(content.to_string(), special).normalized(false)
-    };
-    let add_err = |e: tokenizers::Error| {
-        key_err(
-            path,
-            KEY_TOKEN_TYPE,
-            format!("cannot add the special tokens: {e}"),
-        )
-    };
+    let added = |content: &str, special: bool| AddedToken::from(content.to_string(), special).normalized(false);
+    let add_err = |e: tokenizers::Error| key_err(path, KEY_TOKEN_TYPE, format!("cannot add the special tokens: {e}"));
     if vocab.contains_key(ENDOFTEXT) {
-        tokenizer
-            .add_tokens([added(ENDOFTEXT, true)])
-            .map_err(add_err)?;
+        tokenizer.add_tokens([added(ENDOFTEXT, true)]).map_err(add_err)?;
     }
-    let typed = |wanted: i32| {
-        tokens
-            .iter()
-            .zip(token_types.iter())
-            .filter(move |(_, t)| **t == wanted)
-            .map(|(tok, _)| tok)
-    };
-    let control: Vec<AddedToken> = typed(TOKEN_TYPE_CONTROL)
-        .filter(|t| in_alphabet(t))
-        .map(|t| added(t, true))
-        .collect();
+    let typed =
+        |wanted: i32| tokens.iter().zip(token_types.iter()).filter(move |(_, t)| **t == wanted).map(|(tok, _)| tok);
+    let control: Vec<AddedToken> =
+        typed(TOKEN_TYPE_CONTROL).filter(|t| in_alphabet(t)).map(|t| added(t, true)).collect();
     tokenizer.add_tokens(control).map_err(add_err)?;
-    let user: Vec<AddedToken> = typed(TOKEN_TYPE_USER_DEFINED)
-        .filter(|t| vocab.contains_key(t.as_str()))
-        .map(|t| added(t, false))
-        .collect();
+    let user: Vec<AddedToken> =
+        typed(TOKEN_TYPE_USER_DEFINED).filter(|t| vocab.contains_key(t.as_str())).map(|t| added(t, false)).collect();
     tokenizer.add_tokens(user).map_err(add_err)?;
     for (token, _) in [&bos, &eos, &unk, &pad].into_iter().flatten() {
-        let already = tokenizer
-            .get_added_vocabulary()
-            .get_vocab()
-            .contains_key(token);
+        let already = tokenizer.get_added_vocabulary().get_vocab().contains_key(token);
         if !already && vocab.contains_key(token) {
-            tokenizer
-                .add_tokens([added(token, true)])
-                .map_err(add_err)?;
+            tokenizer.add_tokens([added(token, true)]).map_err(add_err)?;
         }
     }
 
-    Ok(GgufTokenizer {
-        tokenizer,
-        bos,
-        eos,
-        unk,
-        pad,
-        add_bos_token,
-        add_eos_token,
-        chat_template,
-    })
+    Ok(GgufTokenizer { tokenizer, bos, eos, unk, pad, add_bos_token, add_eos_token, chat_template })
 }
 
 /// transformers' `update_post_processor`: `[bos:0] $A:0 [eos:0]` and the pair version.
-fn post_processor(
-    bos: Option<&(String, u32)>,
-    eos: Option<&(String, u32)>,
-) -> Result<TemplateProcessing, String> {
-    let b = |type_id: u8| {
-        bos.map(|(t, _)| format!("{t}:{type_id} "))
-            .unwrap_or_default()
-    };
-    let e = |type_id: u8| {
-        eos.map(|(t, _)| format!(" {t}:{type_id}"))
-            .unwrap_or_default()
-    };
+fn post_processor(bos: Option<&(String, u32)>, eos: Option<&(String, u32)>) -> Result<TemplateProcessing, String> {
+    let b = |type_id: u8| bos.map(|(t, _)| format!("{t}:{type_id} ")).unwrap_or_default();
+    let e = |type_id: u8| eos.map(|(t, _)| format!(" {t}:{type_id}")).unwrap_or_default();
     let single = format!("{}$A:0{}", b(0), e(0));
     let pair = format!("{single} {}$B:1{}", b(1), e(1));
     let specials: Vec<(String, u32)> = bos.into_iter().chain(eos).cloned().collect();
@@ -502,21 +382,12 @@ fn post_processor(
 /// normalizer, a pre-tokenizer other than GPT-2's ByteLevel or one of the known split regexes,
 /// a post-processor other than `[bos] $A [eos]`, holes in the id range, or an added token spelled
 /// outside the byte alphabet.
-pub fn gguf_tokenizer_metadata(
-    tok: &super::Tokenizer,
-) -> Result<Vec<(String, Value)>, TokenizerError> {
-    let fail = |m: String| {
-        TokenizerError::Invalid(format!(
-            "cannot describe this tokenizer in GGUF metadata: {m}"
-        ))
-    };
+pub fn gguf_tokenizer_metadata(tok: &super::Tokenizer) -> Result<Vec<(String, Value)>, TokenizerError> {
+    let fail = |m: String| TokenizerError::Invalid(format!("cannot describe this tokenizer in GGUF metadata: {m}"));
     let inner = tok.inner();
-    let json: serde_json::Value = serde_json::from_str(
-        &inner
-            .to_string(false)
-            .map_err(|e| fail(format!("cannot serialise it: {e}")))?,
-    )
-    .map_err(|e| fail(format!("cannot parse its serialisation: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&inner.to_string(false).map_err(|e| fail(format!("cannot serialise it: {e}")))?)
+            .map_err(|e| fail(format!("cannot parse its serialisation: {e}")))?;
     let model = &json["model"];
     if model["type"] != "BPE" {
         return Err(fail(format!("model type {} is not BPE", model["type"])));
@@ -527,16 +398,10 @@ pub fn gguf_tokenizer_metadata(
         || model["byte_fallback"] == true
         || !model["dropout"].is_null()
     {
-        return Err(fail(
-            "BPE options (subword prefix/suffix, byte_fallback, dropout) differ from GPT-2's"
-                .into(),
-        ));
+        return Err(fail("BPE options (subword prefix/suffix, byte_fallback, dropout) differ from GPT-2's".into()));
     }
     if !json["normalizer"].is_null() {
-        return Err(fail(format!(
-            "it has a normalizer ({})",
-            json["normalizer"]
-        )));
+        return Err(fail(format!("it has a normalizer ({})", json["normalizer"])));
     }
     let pre = pre_name(&json["pre_tokenizer"]).ok_or_else(|| {
         fail(format!(
@@ -562,22 +427,12 @@ pub fn gguf_tokenizer_metadata(
             )));
         }
         tokens[id as usize] = Some(added.content.clone());
-        types[id as usize] = if added.special {
-            TOKEN_TYPE_CONTROL
-        } else {
-            TOKEN_TYPE_USER_DEFINED
-        };
+        types[id as usize] = if added.special { TOKEN_TYPE_CONTROL } else { TOKEN_TYPE_USER_DEFINED };
     }
     let tokens = tokens
         .into_iter()
         .enumerate()
-        .map(|(i, t)| {
-            t.ok_or_else(|| {
-                fail(format!(
-                    "no token has id {i} (ids must be 0..{n} without holes)"
-                ))
-            })
-        })
+        .map(|(i, t)| t.ok_or_else(|| fail(format!("no token has id {i} (ids must be 0..{n} without holes)"))))
         .collect::<Result<Vec<_>, _>>()?;
 
     let merges: Vec<String> = match &model["merges"] {
@@ -586,11 +441,7 @@ pub fn gguf_tokenizer_metadata(
             .map(|m| match m {
                 serde_json::Value::String(s) => Ok(s.clone()),
                 serde_json::Value::Array(p) if p.len() == 2 && p.iter().all(|x| x.is_string()) => {
-                    Ok(format!(
-                        "{} {}",
-                        p[0].as_str().unwrap_or_default(),
-                        p[1].as_str().unwrap_or_default()
-                    ))
+                    Ok(format!("{} {}", p[0].as_str().unwrap_or_default(), p[1].as_str().unwrap_or_default()))
                 }
                 other => Err(fail(format!("unreadable merge {other}"))),
             })
@@ -602,28 +453,12 @@ pub fn gguf_tokenizer_metadata(
     let mut out: Vec<(String, Value)> = vec![
         (KEY_MODEL.into(), Value::String("gpt2".into())),
         (KEY_PRE.into(), Value::String(pre.into())),
-        (
-            KEY_TOKENS.into(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        (
-            KEY_TOKEN_TYPE.into(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
-        (
-            KEY_MERGES.into(),
-            Value::Array(merges.into_iter().map(Value::String).collect()),
-        ),
+        (KEY_TOKENS.into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        (KEY_TOKEN_TYPE.into(), Value::Array(types.into_iter().map(Value::I32).collect())),
+        (KEY_MERGES.into(), Value::Array(merges.into_iter().map(Value::String).collect())),
     ];
-    let unk_id = model["unk_token"]
-        .as_str()
-        .and_then(|t| inner.token_to_id(t));
-    for (key, id) in [
-        (KEY_BOS, tok.bos_id),
-        (KEY_EOS, tok.eos_id),
-        (KEY_UNK, unk_id),
-        (KEY_PAD, tok.pad_id),
-    ] {
+    let unk_id = model["unk_token"].as_str().and_then(|t| inner.token_to_id(t));
+    for (key, id) in [(KEY_BOS, tok.bos_id), (KEY_EOS, tok.eos_id), (KEY_UNK, unk_id), (KEY_PAD, tok.pad_id)] {
         if let Some(id) = id {
             out.push((key.into(), Value::U32(id)));
         }
@@ -631,10 +466,7 @@ pub fn gguf_tokenizer_metadata(
     out.push((KEY_ADD_BOS.into(), Value::Bool(add_bos)));
     out.push((KEY_ADD_EOS.into(), Value::Bool(add_eos)));
     if let Some(t) = &tok.chat_template {
-        out.push((
-            KEY_CHAT_TEMPLATE.into(),
-            Value::String(t.source().to_string()),
-        ));
+        out.push((KEY_CHAT_TEMPLATE.into(), Value::String(t.source().to_string())));
     }
     Ok(out)
 }
@@ -656,18 +488,12 @@ fn pre_name(pre: &serde_json::Value) -> Option<&'static str> {
     let [split, bl] = parts.as_slice() else {
         return None;
     };
-    if split["type"] != "Split"
-        || split["behavior"] != "Isolated"
-        || split["invert"] != false
-        || !byte_level(bl, false)
+    if split["type"] != "Split" || split["behavior"] != "Isolated" || split["invert"] != false || !byte_level(bl, false)
     {
         return None;
     }
     let regex = split["pattern"]["Regex"].as_str()?;
-    PRE_SPLITS
-        .iter()
-        .find(|(_, r)| *r == regex)
-        .map(|(name, _)| *name)
+    PRE_SPLITS.iter().find(|(_, r)| *r == regex).map(|(name, _)| *name)
 }
 
 /// Whether the post-processor adds BOS before / EOS after a single sequence (and nothing else).
@@ -686,9 +512,7 @@ fn post_specials(pp: &serde_json::Value, tok: &super::Tokenizer) -> Result<(bool
         Some("TemplateProcessing") => {}
         Some(other) => return Err(format!("post-processor {other} cannot be expressed")),
     }
-    let items = pp["single"]
-        .as_array()
-        .ok_or("TemplateProcessing without a single template")?;
+    let items = pp["single"].as_array().ok_or("TemplateProcessing without a single template")?;
     let special = |i: &serde_json::Value| i["SpecialToken"]["id"].as_str().map(str::to_string);
     let (mut add_bos, mut add_eos) = (false, false);
     let mut seen_sequence = false;
@@ -705,7 +529,9 @@ fn post_specials(pp: &serde_json::Value, tok: &super::Tokenizer) -> Result<(bool
             } else if seen_sequence && !add_eos && id.is_some() && id == tok.eos_id {
                 add_eos = true;
             } else {
-                return Err(format!("template adds {t:?}, which is not the tokenizer's bos before / eos after the text"));
+                return Err(format!(
+                    "template adds {t:?}, which is not the tokenizer's bos before / eos after the text"
+                ));
             }
         }
     }
@@ -722,32 +548,13 @@ mod tests {
         bytes_to_unicode().iter().map(|c| c.to_string()).collect()
     }
 
-    fn md(
-        tokens: &[String],
-        types: &[i32],
-        merges: &[&str],
-        extra: Vec<(&str, Value)>,
-    ) -> HashMap<String, Value> {
+    fn md(tokens: &[String], types: &[i32], merges: &[&str], extra: Vec<(&str, Value)>) -> HashMap<String, Value> {
         let mut m = HashMap::new();
         m.insert(KEY_MODEL.to_string(), Value::String("gpt2".into()));
         m.insert(KEY_PRE.to_string(), Value::String("gpt2".into()));
-        m.insert(
-            KEY_TOKENS.to_string(),
-            Value::Array(tokens.iter().cloned().map(Value::String).collect()),
-        );
-        m.insert(
-            KEY_TOKEN_TYPE.to_string(),
-            Value::Array(types.iter().copied().map(Value::I32).collect()),
-        );
-        m.insert(
-            KEY_MERGES.to_string(),
-            Value::Array(
-                merges
-                    .iter()
-                    .map(|s| Value::String(s.to_string()))
-                    .collect(),
-            ),
-        );
+        m.insert(KEY_TOKENS.to_string(), Value::Array(tokens.iter().cloned().map(Value::String).collect()));
+        m.insert(KEY_TOKEN_TYPE.to_string(), Value::Array(types.iter().copied().map(Value::I32).collect()));
+        m.insert(KEY_MERGES.to_string(), Value::Array(merges.iter().map(|s| Value::String(s.to_string())).collect()));
         for (k, v) in extra {
             m.insert(k.to_string(), v);
         }
@@ -788,9 +595,7 @@ mod tests {
         tokens.extend(extra.iter().map(|s| s.to_string()));
         let mut types = vec![1; 256];
         types.extend([1, 1, 1, 1, 1, 1, 1, 3, 3, 4, 4, 3, 1, 2, 5, 1, 1, 1, 1]);
-        let merges = [
-            "h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o", "Ġwo r", "Ġwor ld", "l d",
-        ];
+        let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "Ġw o", "Ġwo r", "Ġwor ld", "l d"];
         let m = md(
             &tokens,
             &types,
@@ -811,16 +616,13 @@ mod tests {
         assert_eq!(
             ids(t, text, false),
             [
-                263, 120, 264, 32, 265, 32, 97, 32, 98, 32, 60, 99, 116, 108, 32, 120, 62, 32, 195,
-                169, 269, 60, 117, 110, 117, 115, 101, 100, 48, 62, 271
+                263, 120, 264, 32, 265, 32, 97, 32, 98, 32, 60, 99, 116, 108, 32, 120, 62, 32, 195, 169, 269, 60, 117,
+                110, 117, 115, 101, 100, 48, 62, 271
             ]
         );
         // Same added tokens (id, special) as transformers.
-        let mut added: Vec<(u32, String, bool)> = t
-            .get_added_tokens_decoder()
-            .into_iter()
-            .map(|(id, a)| (id, a.content, a.special))
-            .collect();
+        let mut added: Vec<(u32, String, bool)> =
+            t.get_added_tokens_decoder().into_iter().map(|(id, a)| (id, a.content, a.special)).collect();
         added.sort();
         let want: Vec<(u32, String, bool)> = [
             (263, "<s>", true),
@@ -852,28 +654,14 @@ mod tests {
             &tokens,
             &types,
             &["a b"],
-            vec![
-                (KEY_BOS, Value::U32(256)),
-                (KEY_EOS, Value::U32(257)),
-                (KEY_PAD, Value::U32(257)),
-            ],
+            vec![(KEY_BOS, Value::U32(256)), (KEY_EOS, Value::U32(257)), (KEY_PAD, Value::U32(257))],
         );
         let g = tokenizer_from_gguf(&m, Path::new("b.gguf")).unwrap();
         let text = "ab <|begin|>x<|end|><tool> a";
-        assert_eq!(
-            ids(&g.tokenizer, text, true),
-            [259, 32, 256, 120, 257, 258, 32, 97]
-        );
-        let specials: Vec<_> = g
-            .tokenizer
-            .get_added_tokens_decoder()
-            .into_iter()
-            .map(|(i, a)| (i, a.special))
-            .collect();
-        assert!(
-            specials.contains(&(257, true)) && specials.contains(&(258, false)),
-            "{specials:?}"
-        );
+        assert_eq!(ids(&g.tokenizer, text, true), [259, 32, 256, 120, 257, 258, 32, 97]);
+        let specials: Vec<_> =
+            g.tokenizer.get_added_tokens_decoder().into_iter().map(|(i, a)| (i, a.special)).collect();
+        assert!(specials.contains(&(257, true)) && specials.contains(&(258, false)), "{specials:?}");
         assert_eq!(g.pad, Some(("<|end|>".into(), 257)));
 
         tokens.push("<|endoftext|>".into());
@@ -892,24 +680,13 @@ mod tests {
         );
         let g = tokenizer_from_gguf(&m, Path::new("d.gguf")).unwrap();
         assert_eq!(
-            ids(
-                &g.tokenizer,
-                "ab <|begin|>x<|end|><tool> a<|endoftext|>",
-                true
-            ),
+            ids(&g.tokenizer, "ab <|begin|>x<|end|><tool> a<|endoftext|>", true),
             [256, 259, 32, 256, 120, 257, 258, 32, 97, 260]
         );
-        let mut specials: Vec<_> = g
-            .tokenizer
-            .get_added_tokens_decoder()
-            .into_iter()
-            .map(|(i, a)| (i, a.special))
-            .collect();
+        let mut specials: Vec<_> =
+            g.tokenizer.get_added_tokens_decoder().into_iter().map(|(i, a)| (i, a.special)).collect();
         specials.sort();
-        assert_eq!(
-            specials,
-            [(256, false), (257, false), (258, false), (260, true)]
-        );
+        assert_eq!(specials, [(256, false), (257, false), (258, false), (260, true)]);
     }
 
     /// Case C: `tokenizer.ggml.pre = llama-bpe` selects the Llama-3 split regex.
@@ -923,11 +700,7 @@ mod tests {
             &tokens,
             &types,
             &["Ġ a", "a b"],
-            vec![
-                (KEY_BOS, Value::U32(256)),
-                (KEY_EOS, Value::U32(257)),
-                (KEY_ADD_BOS, Value::Bool(true)),
-            ],
+            vec![(KEY_BOS, Value::U32(256)), (KEY_EOS, Value::U32(257)), (KEY_ADD_BOS, Value::Bool(true))],
         );
         m.insert(KEY_PRE.into(), Value::String("llama-bpe".into()));
         let g = tokenizer_from_gguf(&m, Path::new("c.gguf")).unwrap();
@@ -935,17 +708,14 @@ mod tests {
         assert_eq!(
             ids(t, "Hello's 123456 world!!\\n\\n x", true),
             [
-                256, 72, 101, 108, 108, 111, 39, 115, 32, 49, 50, 51, 52, 53, 54, 32, 119, 111,
-                114, 108, 100, 33, 33, 92, 110, 92, 110, 32, 120
+                256, 72, 101, 108, 108, 111, 39, 115, 32, 49, 50, 51, 52, 53, 54, 32, 119, 111, 114, 108, 100, 33, 33,
+                92, 110, 92, 110, 32, 120
             ]
         );
         // Llama-3 splits digits in threes and keeps "\n\n" apart from " x".
         use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
         let mut pts = PreTokenizedString::from("a 1234\n\n x");
-        t.get_pre_tokenizer()
-            .unwrap()
-            .pre_tokenize(&mut pts)
-            .unwrap();
+        t.get_pre_tokenizer().unwrap().pre_tokenize(&mut pts).unwrap();
         let splits: Vec<String> = pts
             .get_splits(OffsetReferential::Original, OffsetType::Byte)
             .into_iter()
@@ -953,55 +723,29 @@ mod tests {
             .collect();
         assert_eq!(splits, ["a", "Ġ", "123", "4", "ĊĊ", "Ġx"]);
         let json: serde_json::Value = serde_json::from_str(&t.to_string(false).unwrap()).unwrap();
-        assert_eq!(
-            json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
-            SPLIT_LLAMA3
-        );
-        assert_eq!(
-            json["pre_tokenizer"]["pretokenizers"][1]["use_regex"],
-            false
-        );
+        assert_eq!(json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"], SPLIT_LLAMA3);
+        assert_eq!(json["pre_tokenizer"]["pretokenizers"][1]["use_regex"], false);
     }
 
     #[test]
     fn errors_name_file_and_key() {
         let p = Path::new("/models/x.gguf");
-        let err = tokenizer_from_gguf(&HashMap::new(), p)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("/models/x.gguf")
-                && err.contains(KEY_MODEL)
-                && err.contains("no tokenizer"),
-            "{err}"
-        );
+        let err = tokenizer_from_gguf(&HashMap::new(), p).unwrap_err().to_string();
+        assert!(err.contains("/models/x.gguf") && err.contains(KEY_MODEL) && err.contains("no tokenizer"), "{err}");
 
         let mut m = md(&alphabet_tokens(), &[1; 256], &[], vec![]);
         m.insert(KEY_MODEL.into(), Value::String("llama".into()));
         let err = tokenizer_from_gguf(&m, p).unwrap_err().to_string();
-        assert!(
-            err.contains("SentencePiece")
-                && err.contains("not supported yet")
-                && err.contains(KEY_MODEL),
-            "{err}"
-        );
+        assert!(err.contains("SentencePiece") && err.contains("not supported yet") && err.contains(KEY_MODEL), "{err}");
 
         let m = md(&alphabet_tokens(), &[1; 255], &[], vec![]);
         let err = tokenizer_from_gguf(&m, p).unwrap_err().to_string();
         assert!(
-            err.contains(KEY_TOKEN_TYPE)
-                && err.contains("255")
-                && err.contains("256")
-                && err.contains("x.gguf"),
+            err.contains(KEY_TOKEN_TYPE) && err.contains("255") && err.contains("256") && err.contains("x.gguf"),
             "{err}"
         );
 
-        let m = md(
-            &alphabet_tokens(),
-            &[1; 256],
-            &[],
-            vec![(KEY_EOS, Value::U32(999))],
-        );
+        let m = md(&alphabet_tokens(), &[1; 256], &[], vec![(KEY_EOS, Value::U32(999))]);
         let err = tokenizer_from_gguf(&m, p).unwrap_err().to_string();
         assert!(err.contains(KEY_EOS) && err.contains("999"), "{err}");
 
@@ -1011,13 +755,8 @@ mod tests {
     }
 
     pub(crate) fn smollm2_path() -> PathBuf {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            p.exists(),
-            "test model {} is missing: run scripts/fetch-test-model.sh",
-            p.display()
-        );
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(p.exists(), "test model {} is missing: run scripts/fetch-test-model.sh", p.display());
         p
     }
 
@@ -1034,17 +773,10 @@ mod tests {
         assert_eq!(g.eos, Some(("<|im_end|>".into(), 2)));
         assert_eq!(g.pad, Some(("<|im_end|>".into(), 2)));
         assert!(!g.add_bos_token && !g.add_eos_token);
-        assert!(g
-            .chat_template
-            .as_deref()
-            .unwrap()
-            .contains("You are a helpful AI assistant named SmolLM"));
+        assert!(g.chat_template.as_deref().unwrap().contains("You are a helpful AI assistant named SmolLM"));
         assert_eq!(ids(t, "Hello world", true), [19556, 905]);
         assert_eq!(ids(t, " Hello  world\n\n", true), [38699, 216, 905, 1116]);
-        assert_eq!(
-            ids(t, "<|im_start|>user\nhi<|im_end|>", true),
-            [1, 4093, 198, 6004, 2]
-        );
+        assert_eq!(ids(t, "<|im_start|>user\nhi<|im_end|>", true), [1, 4093, 198, 6004, 2]);
         assert_eq!(
             ids(t, "héllo 日本語 🎉", true),
             [88, 2756, 31394, 17097, 241, 115, 40993, 179, 120, 248, 15107, 232, 227]

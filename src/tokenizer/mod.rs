@@ -26,11 +26,7 @@ pub enum TokenizerError {
     File { path: PathBuf, message: String },
     /// A GGUF's tokenizer metadata is missing, malformed or unsupported.
     #[error("GGUF {}: metadata key `{key}` {message}", path.display())]
-    Gguf {
-        path: PathBuf,
-        key: String,
-        message: String,
-    },
+    Gguf { path: PathBuf, key: String, message: String },
     /// A chat template failed to compile or render (`raise_exception` messages land here).
     #[error("{message}")]
     Template { message: String },
@@ -40,10 +36,7 @@ pub enum TokenizerError {
 }
 
 fn file_err(path: &Path, message: impl Into<String>) -> TokenizerError {
-    TokenizerError::File {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    TokenizerError::File { path: path.to_path_buf(), message: message.into() }
 }
 
 /// The tokenizer the rest of loratune uses.
@@ -69,31 +62,17 @@ impl Tokenizer {
         let id = |t: Option<&str>, what: &str| -> Result<Option<u32>, TokenizerError> {
             t.map(|t| {
                 inner.token_to_id(t).ok_or_else(|| {
-                    TokenizerError::Invalid(format!(
-                        "{what} token {t:?} is not in the tokenizer's vocabulary"
-                    ))
+                    TokenizerError::Invalid(format!("{what} token {t:?} is not in the tokenizer's vocabulary"))
                 })
             })
             .transpose()
         };
         let bos_id = id(bos, "bos")?;
         let eos_id = id(eos, "eos")?;
-        let chat_template = chat_template
-            .map(|s| ChatTemplate::new(s, bos.map(String::from), eos.map(String::from)))
-            .transpose()?;
-        let vocab_size = inner
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |m| *m as usize + 1);
-        Ok(Tokenizer {
-            inner,
-            bos_id,
-            eos_id,
-            pad_id: None,
-            chat_template,
-            vocab_size,
-        })
+        let chat_template =
+            chat_template.map(|s| ChatTemplate::new(s, bos.map(String::from), eos.map(String::from))).transpose()?;
+        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |m| *m as usize + 1);
+        Ok(Tokenizer { inner, bos_id, eos_id, pad_id: None, chat_template, vocab_size })
     }
 
     /// Load `tokenizer.json` from `dir`, with `tokenizer_config.json` (bos/eos/pad tokens and
@@ -103,10 +82,7 @@ impl Tokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<Self, TokenizerError> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            return Err(file_err(
-                &tok_path,
-                "not found (a Hugging Face tokenizer folder needs tokenizer.json)",
-            ));
+            return Err(file_err(&tok_path, "not found (a Hugging Face tokenizer folder needs tokenizer.json)"));
         }
         let inner = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| file_err(&tok_path, format!("cannot load tokenizer: {e}")))?;
@@ -119,15 +95,11 @@ impl Tokenizer {
                 serde_json::Value::String(s) => Ok(Some(s.clone())),
                 serde_json::Value::Object(o) => match o.get("content") {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                    _ => Err(file_err(
-                        &cfg_path,
-                        format!("`{key}` is an object without a string `content`"),
-                    )),
+                    _ => Err(file_err(&cfg_path, format!("`{key}` is an object without a string `content`"))),
                 },
-                other => Err(file_err(
-                    &cfg_path,
-                    format!("`{key}` must be a string or {{\"content\": ...}}, not {other}"),
-                )),
+                other => {
+                    Err(file_err(&cfg_path, format!("`{key}` must be a string or {{\"content\": ...}}, not {other}")))
+                }
             }
         };
         let mut bos = token_field("bos_token")?;
@@ -152,15 +124,9 @@ impl Tokenizer {
                     v => v.as_u64(),
                 };
                 if let Some(id) = id {
-                    let token = u32::try_from(id)
-                        .ok()
-                        .and_then(|i| inner.id_to_token(i))
-                        .ok_or_else(|| {
-                            file_err(
-                                &path,
-                                format!("`{key}` {id} is not an id of {}", tok_path.display()),
-                            )
-                        })?;
+                    let token = u32::try_from(id).ok().and_then(|i| inner.id_to_token(i)).ok_or_else(|| {
+                        file_err(&path, format!("`{key}` {id} is not an id of {}", tok_path.display()))
+                    })?;
                     *slot = Some(token);
                 }
             }
@@ -168,47 +134,31 @@ impl Tokenizer {
 
         let jinja_path = dir.join("chat_template.jinja");
         let template = if jinja_path.is_file() {
-            Some(
-                std::fs::read_to_string(&jinja_path)
-                    .map_err(|e| file_err(&jinja_path, format!("cannot read: {e}")))?,
-            )
+            Some(std::fs::read_to_string(&jinja_path).map_err(|e| file_err(&jinja_path, format!("cannot read: {e}")))?)
         } else {
             match &cfg["chat_template"] {
                 serde_json::Value::Null => None,
                 serde_json::Value::String(s) => Some(s.clone()),
                 serde_json::Value::Array(list) => {
                     let named = |n: &str| {
-                        list.iter()
-                            .find(|t| t["name"] == n)
-                            .and_then(|t| t["template"].as_str())
-                            .map(String::from)
+                        list.iter().find(|t| t["name"] == n).and_then(|t| t["template"].as_str()).map(String::from)
                     };
                     let names: Vec<&str> = list.iter().filter_map(|t| t["name"].as_str()).collect();
                     Some(named("default").ok_or_else(|| {
-                        file_err(
-                            &cfg_path,
-                            format!("`chat_template` lists {names:?} but no \"default\" template"),
-                        )
+                        file_err(&cfg_path, format!("`chat_template` lists {names:?} but no \"default\" template"))
                     })?)
                 }
                 other => {
-                    return Err(file_err(
-                        &cfg_path,
-                        format!("`chat_template` must be a string or a list, not {other}"),
-                    ))
+                    return Err(file_err(&cfg_path, format!("`chat_template` must be a string or a list, not {other}")))
                 }
             }
         };
 
         let check = |t: &Option<String>, what: &str| -> Result<(), TokenizerError> {
             match t {
-                Some(t) if inner.token_to_id(t).is_none() => Err(file_err(
-                    &cfg_path,
-                    format!(
-                        "{what} {t:?} is not in the vocabulary of {}",
-                        tok_path.display()
-                    ),
-                )),
+                Some(t) if inner.token_to_id(t).is_none() => {
+                    Err(file_err(&cfg_path, format!("{what} {t:?} is not in the vocabulary of {}", tok_path.display())))
+                }
                 _ => Ok(()),
             }
         };
@@ -219,11 +169,7 @@ impl Tokenizer {
         tok.pad_id = pad.as_deref().and_then(|p| tok.inner.token_to_id(p));
         if let Some(src) = template {
             let t = ChatTemplate::new(&src, bos, eos).map_err(|e| {
-                let source = if jinja_path.is_file() {
-                    &jinja_path
-                } else {
-                    &cfg_path
-                };
+                let source = if jinja_path.is_file() { &jinja_path } else { &cfg_path };
                 file_err(source, e.to_string())
             })?;
             tok.chat_template = Some(t);
@@ -235,28 +181,19 @@ impl Tokenizer {
     /// `path` names the file in errors.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self, TokenizerError> {
         let g = gguf::tokenizer_from_gguf(&content.metadata, path)?;
-        let vocab_size = g
-            .tokenizer
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |m| *m as usize + 1);
-        let chat_template = g
-            .chat_template
-            .as_deref()
-            .map(|s| {
-                ChatTemplate::new(
-                    s,
-                    g.bos.as_ref().map(|b| b.0.clone()),
-                    g.eos.as_ref().map(|e| e.0.clone()),
-                )
-                .map_err(|e| TokenizerError::Gguf {
-                    path: path.to_path_buf(),
-                    key: gguf::KEY_CHAT_TEMPLATE.into(),
-                    message: e.to_string(),
+        let vocab_size = g.tokenizer.get_vocab(true).values().max().map_or(0, |m| *m as usize + 1);
+        let chat_template =
+            g.chat_template
+                .as_deref()
+                .map(|s| {
+                    ChatTemplate::new(s, g.bos.as_ref().map(|b| b.0.clone()), g.eos.as_ref().map(|e| e.0.clone()))
+                        .map_err(|e| TokenizerError::Gguf {
+                            path: path.to_path_buf(),
+                            key: gguf::KEY_CHAT_TEMPLATE.into(),
+                            message: e.to_string(),
+                        })
                 })
-            })
-            .transpose()?;
+                .transpose()?;
         Ok(Tokenizer {
             inner: g.tokenizer,
             bos_id: g.bos.map(|b| b.1),
@@ -288,22 +225,14 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| TokenizerError::Invalid(format!("cannot decode ids: {e}")))
+        self.inner.decode(ids, skip_special).map_err(|e| TokenizerError::Invalid(format!("cannot decode ids: {e}")))
     }
 
     /// Render `messages` with the chat template.
-    pub fn render_chat(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-    ) -> Result<String, TokenizerError> {
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TokenizerError> {
         self.chat_template
             .as_ref()
-            .ok_or_else(|| TokenizerError::Template {
-                message: "this tokenizer has no chat template".into(),
-            })?
+            .ok_or_else(|| TokenizerError::Template { message: "this tokenizer has no chat template".into() })?
             .render(messages, add_generation_prompt)
     }
 
@@ -336,17 +265,11 @@ impl Tokenizer {
     /// says); the chat template is recompiled to see the new `eos_token`.
     pub fn set_eos_token(&mut self, token: &str) -> Result<(), TokenizerError> {
         let id = self.inner.token_to_id(token).ok_or_else(|| {
-            TokenizerError::Invalid(format!(
-                "eos token {token:?} is not in the tokenizer's vocabulary"
-            ))
+            TokenizerError::Invalid(format!("eos token {token:?} is not in the tokenizer's vocabulary"))
         })?;
         self.eos_id = Some(id);
         if let Some(t) = &self.chat_template {
-            self.chat_template = Some(ChatTemplate::new(
-                t.source(),
-                self.bos_token(),
-                Some(token.to_string()),
-            )?);
+            self.chat_template = Some(ChatTemplate::new(t.source(), self.bos_token(), Some(token.to_string()))?);
         }
         Ok(())
     }
@@ -360,26 +283,18 @@ impl Tokenizer {
     /// would override the config's template when loading, so it is rewritten too (or removed when
     /// there is no template).
     pub fn save_hf(&self, dir: &Path) -> Result<(), TokenizerError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| file_err(dir, format!("cannot create folder: {e}")))?;
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create folder: {e}")))?;
         let tok_path = dir.join("tokenizer.json");
-        let json = self
-            .inner
-            .to_string(true)
-            .map_err(|e| file_err(&tok_path, format!("cannot serialise tokenizer: {e}")))?;
+        let json =
+            self.inner.to_string(true).map_err(|e| file_err(&tok_path, format!("cannot serialise tokenizer: {e}")))?;
         write_atomic(&tok_path, json.as_bytes())?;
 
         let mut cfg = serde_json::Map::new();
         cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
-        for (key, value) in [
-            ("bos_token", self.bos_token()),
-            ("eos_token", self.eos_token()),
-            ("pad_token", self.pad_token()),
-        ] {
-            cfg.insert(
-                key.into(),
-                value.map_or(serde_json::Value::Null, serde_json::Value::String),
-            );
+        for (key, value) in
+            [("bos_token", self.bos_token()), ("eos_token", self.eos_token()), ("pad_token", self.pad_token())]
+        {
+            cfg.insert(key.into(), value.map_or(serde_json::Value::Null, serde_json::Value::String));
         }
         if let Some(t) = &self.chat_template {
             cfg.insert("chat_template".into(), t.source().into());
@@ -406,11 +321,8 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>, TokenizerError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| file_err(path, format!("invalid JSON: {e}")))
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TokenizerError> {
@@ -423,13 +335,8 @@ mod tests {
     use crate::chat::Role;
 
     fn smollm2() -> Tokenizer {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            path.exists(),
-            "test model {} is missing: run scripts/fetch-test-model.sh",
-            path.display()
-        );
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(path.exists(), "test model {} is missing: run scripts/fetch-test-model.sh", path.display());
         let mut f = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut f).unwrap();
         Tokenizer::from_gguf(&content, &path).unwrap()
@@ -444,10 +351,7 @@ mod tests {
         assert_eq!(ids[0], 1);
         assert_eq!(offsets[0], (0, "<|im_start|>".len()));
         assert_eq!(*ids.last().unwrap(), 2);
-        assert_eq!(
-            *offsets.last().unwrap(),
-            (text.len() - "<|im_end|>".len(), text.len())
-        );
+        assert_eq!(*offsets.last().unwrap(), (text.len() - "<|im_end|>".len(), text.len()));
         for &(s, e) in &offsets {
             assert!(s <= e && e <= text.len());
         }
@@ -467,15 +371,10 @@ mod tests {
     #[test]
     fn gguf_wrapper_has_special_ids_and_template() {
         let tok = smollm2();
-        assert_eq!(
-            (tok.bos_id, tok.eos_id, tok.pad_id),
-            (Some(1), Some(2), Some(2))
-        );
+        assert_eq!((tok.bos_id, tok.eos_id, tok.pad_id), (Some(1), Some(2), Some(2)));
         assert_eq!(tok.eos_token().as_deref(), Some("<|im_end|>"));
         assert_eq!(tok.vocab_size(), 49152);
-        let out = tok
-            .render_chat(&[Message::new(Role::User, "Hi")], true)
-            .unwrap();
+        let out = tok.render_chat(&[Message::new(Role::User, "Hi")], true).unwrap();
         assert!(out.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"));
         assert!(out.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
         assert_eq!(tok.encode("Hello world", true).unwrap(), [19556, 905]);
@@ -487,20 +386,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         tok.save_hf(dir.path()).unwrap();
         let back = Tokenizer::from_hf_dir(dir.path()).unwrap();
-        assert_eq!(
-            (back.bos_id, back.eos_id, back.pad_id),
-            (Some(1), Some(2), Some(2))
-        );
-        assert_eq!(
-            back.chat_template.as_ref().unwrap().source(),
-            tok.chat_template.as_ref().unwrap().source()
-        );
-        let text =
-            "<|im_start|>user\nSome text, 12345 numbers\n\n  and spaces <repo_name><|im_end|>";
-        assert_eq!(
-            back.encode(text, true).unwrap(),
-            tok.encode(text, true).unwrap()
-        );
+        assert_eq!((back.bos_id, back.eos_id, back.pad_id), (Some(1), Some(2), Some(2)));
+        assert_eq!(back.chat_template.as_ref().unwrap().source(), tok.chat_template.as_ref().unwrap().source());
+        let text = "<|im_start|>user\nSome text, 12345 numbers\n\n  and spaces <repo_name><|im_end|>";
+        assert_eq!(back.encode(text, true).unwrap(), tok.encode(text, true).unwrap());
         assert_eq!(back.vocab_size(), tok.vocab_size());
         // No temporary files left behind.
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
@@ -514,12 +403,8 @@ mod tests {
     #[test]
     fn hf_dir_config_variants() {
         let dir = tempfile::tempdir().unwrap();
-        tiny_tokenizer()
-            .save(dir.path().join("tokenizer.json"), false)
-            .unwrap();
-        let write = |name: &str, v: serde_json::Value| {
-            std::fs::write(dir.path().join(name), v.to_string()).unwrap()
-        };
+        tiny_tokenizer().save(dir.path().join("tokenizer.json"), false).unwrap();
+        let write = |name: &str, v: serde_json::Value| std::fs::write(dir.path().join(name), v.to_string()).unwrap();
         write(
             "tokenizer_config.json",
             serde_json::json!({
@@ -530,56 +415,28 @@ mod tests {
             }),
         );
         let tok = Tokenizer::from_hf_dir(dir.path()).unwrap();
-        assert_eq!(
-            (tok.bos_id, tok.eos_id, tok.pad_id),
-            (None, Some(258), Some(256))
-        );
+        assert_eq!((tok.bos_id, tok.eos_id, tok.pad_id), (None, Some(258), Some(256)));
         assert_eq!(tok.render_chat(&[], false).unwrap(), "<|im_end|>D");
 
         // chat_template.jinja wins; a missing eos comes from generation_config.json.
-        write(
-            "tokenizer_config.json",
-            serde_json::json!({"chat_template": "cfg"}),
-        );
-        std::fs::write(
-            dir.path().join("chat_template.jinja"),
-            "jinja {{ eos_token }}\n",
-        )
-        .unwrap();
-        write(
-            "generation_config.json",
-            serde_json::json!({"eos_token_id": [257, 258]}),
-        );
-        write(
-            "config.json",
-            serde_json::json!({"bos_token_id": 256, "eos_token_id": 256}),
-        );
+        write("tokenizer_config.json", serde_json::json!({"chat_template": "cfg"}));
+        std::fs::write(dir.path().join("chat_template.jinja"), "jinja {{ eos_token }}\n").unwrap();
+        write("generation_config.json", serde_json::json!({"eos_token_id": [257, 258]}));
+        write("config.json", serde_json::json!({"bos_token_id": 256, "eos_token_id": 256}));
         let tok = Tokenizer::from_hf_dir(dir.path()).unwrap();
         assert_eq!((tok.bos_id, tok.eos_id), (Some(256), Some(257)));
         assert_eq!(tok.render_chat(&[], false).unwrap(), "jinja <|im_start|>");
 
         // Errors name the file.
-        write(
-            "tokenizer_config.json",
-            serde_json::json!({"eos_token": "<nope>"}),
-        );
+        write("tokenizer_config.json", serde_json::json!({"eos_token": "<nope>"}));
         let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("tokenizer_config.json") && err.contains("<nope>"),
-            "{err}"
-        );
+        assert!(err.contains("tokenizer_config.json") && err.contains("<nope>"), "{err}");
         std::fs::write(dir.path().join("tokenizer_config.json"), "{not json").unwrap();
         let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("tokenizer_config.json") && err.contains("invalid JSON"),
-            "{err}"
-        );
+        assert!(err.contains("tokenizer_config.json") && err.contains("invalid JSON"), "{err}");
         std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
         let err = Tokenizer::from_hf_dir(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("tokenizer.json") && err.contains("not found"),
-            "{err}"
-        );
+        assert!(err.contains("tokenizer.json") && err.contains("not found"), "{err}");
     }
 
     #[test]
@@ -590,41 +447,23 @@ mod tests {
         // Write a real GGUF (one tiny tensor) and read it back.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
-        let t =
-            candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
-                .unwrap();
+        let t = candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, GgmlDType::F32).unwrap();
         let mut f = std::fs::File::create(&path).unwrap();
-        let md_refs: Vec<(&str, &gguf_file::Value)> =
-            md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut f, &md_refs, &[("x", &q)]).unwrap();
         drop(f);
         let mut f = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut f).unwrap();
         let back = Tokenizer::from_gguf(&content, &path).unwrap();
 
-        assert_eq!(
-            back.inner().to_string(false).unwrap(),
-            tok.inner().to_string(false).unwrap()
-        );
-        assert_eq!(
-            (back.bos_id, back.eos_id, back.pad_id),
-            (tok.bos_id, tok.eos_id, tok.pad_id)
-        );
-        assert_eq!(
-            back.chat_template.as_ref().unwrap().source(),
-            TINY_CHAT_TEMPLATE
-        );
-        let msgs = [
-            Message::new(Role::System, "s"),
-            Message::new(Role::User, "héllo <|endoftext|>"),
-        ];
+        assert_eq!(back.inner().to_string(false).unwrap(), tok.inner().to_string(false).unwrap());
+        assert_eq!((back.bos_id, back.eos_id, back.pad_id), (tok.bos_id, tok.eos_id, tok.pad_id));
+        assert_eq!(back.chat_template.as_ref().unwrap().source(), TINY_CHAT_TEMPLATE);
+        let msgs = [Message::new(Role::System, "s"), Message::new(Role::User, "héllo <|endoftext|>")];
         let text = tok.render_chat(&msgs, true).unwrap();
         assert_eq!(back.render_chat(&msgs, true).unwrap(), text);
-        assert_eq!(
-            back.encode(&text, false).unwrap(),
-            tok.encode(&text, false).unwrap()
-        );
+        assert_eq!(back.encode(&text, false).unwrap(), tok.encode(&text, false).unwrap());
         assert_eq!(back.vocab_size(), 259);
 
         // And the SmolLM2 tokenizer survives metadata -> tokenizer unchanged.
@@ -632,25 +471,16 @@ mod tests {
         let md = gguf_tokenizer_metadata(&smol).unwrap();
         let map: std::collections::HashMap<String, gguf_file::Value> = md.into_iter().collect();
         let again = gguf::tokenizer_from_gguf(&map, Path::new("mem.gguf")).unwrap();
-        assert_eq!(
-            again.tokenizer.to_string(false).unwrap(),
-            smol.inner().to_string(false).unwrap()
-        );
+        assert_eq!(again.tokenizer.to_string(false).unwrap(), smol.inner().to_string(false).unwrap());
     }
 
     /// Compare with a fixture written by scripts/reference/make_fixtures.py (transformers):
     /// chats re-rendered by our template must equal `rendered`; `rendered` encoded must give
     /// `input_ids` (chat: no special tokens; text: with; prompt_completion: with, plus eos).
     fn check_reference(tok: &Tokenizer, fixture: &str) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(fixture);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (regenerate with scripts/reference/make_fixtures.py)",
-                path.display()
-            )
-        });
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(fixture);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (regenerate with scripts/reference/make_fixtures.py)", path.display()));
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
         let cases = json["cases"].as_array().unwrap();
         assert!(!cases.is_empty());
@@ -660,13 +490,8 @@ mod tests {
             let want: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
             let got = match case["kind"].as_str().unwrap() {
                 "chat" => {
-                    let messages: Vec<Message> =
-                        serde_json::from_value(case["messages"].clone()).unwrap();
-                    assert_eq!(
-                        tok.render_chat(&messages, false).unwrap(),
-                        rendered,
-                        "{fixture} {name}: rendering"
-                    );
+                    let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+                    assert_eq!(tok.render_chat(&messages, false).unwrap(), rendered, "{fixture} {name}: rendering");
                     tok.encode(rendered, false).unwrap()
                 }
                 "text" => tok.encode(rendered, true).unwrap(),
@@ -695,9 +520,7 @@ mod tests {
     #[test]
     fn metadata_refuses_what_gguf_cannot_carry() {
         let mut inner = tiny_tokenizer();
-        inner.with_pre_tokenizer(Some(
-            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(true, true, true),
-        ));
+        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(true, true, true)));
         let tok = Tokenizer::from_parts(inner, None, None, None).unwrap();
         let err = gguf_tokenizer_metadata(&tok).unwrap_err().to_string();
         assert!(err.contains("pre-tokenizer"), "{err}");

@@ -46,23 +46,15 @@ pub fn tiny_tokenizer() -> tokenizers::Tokenizer {
         .build()
         .expect("static templates build");
     tok.with_post_processor(Some(post));
-    let specials: Vec<AddedToken> = TINY_SPECIAL_TOKENS
-        .iter()
-        .map(|t| AddedToken::from(*t, true).normalized(false))
-        .collect();
-    tok.add_special_tokens(specials)
-        .expect("new special tokens can always be added");
+    let specials: Vec<AddedToken> =
+        TINY_SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true).normalized(false)).collect();
+    tok.add_special_tokens(specials).expect("new special tokens can always be added");
     tok
 }
 
 /// [`tiny_tokenizer`] wrapped with the ChatML template, eos `<|im_end|>` and pad `<|endoftext|>`.
 pub fn tiny_chat_tokenizer() -> Result<Tokenizer, TokenizerError> {
-    let mut tok = Tokenizer::from_parts(
-        tiny_tokenizer(),
-        Some(TINY_CHAT_TEMPLATE),
-        None,
-        Some("<|im_end|>"),
-    )?;
+    let mut tok = Tokenizer::from_parts(tiny_tokenizer(), Some(TINY_CHAT_TEMPLATE), None, Some("<|im_end|>"))?;
     tok.pad_id = tok.token_to_id("<|endoftext|>");
     Ok(tok)
 }
@@ -103,10 +95,7 @@ mod tests {
         let loaded = tokenizers::Tokenizer::from_file(&file).unwrap();
         let text = "Hi <|im_end|>\n\tÿ€";
         for other in [&back, &loaded] {
-            assert_eq!(
-                other.encode(text, true).unwrap().get_ids(),
-                t.encode(text, true).unwrap().get_ids()
-            );
+            assert_eq!(other.encode(text, true).unwrap().get_ids(), t.encode(text, true).unwrap().get_ids());
             assert_eq!(other.get_vocab_size(true), 259);
         }
     }
@@ -114,19 +103,8 @@ mod tests {
     #[test]
     fn chat_template_renders_chatml_without_system_prompt() {
         let tok = tiny_chat_tokenizer().unwrap();
-        let out = tok
-            .chat_template
-            .as_ref()
-            .unwrap()
-            .render(&[Message::new(Role::User, "hi")], true)
-            .unwrap();
-        assert_eq!(
-            out,
-            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-        );
-        assert_eq!(
-            (tok.bos_id, tok.eos_id, tok.pad_id),
-            (None, Some(258), Some(256))
-        );
+        let out = tok.chat_template.as_ref().unwrap().render(&[Message::new(Role::User, "hi")], true).unwrap();
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!((tok.bos_id, tok.eos_id, tok.pad_id), (None, Some(258), Some(256)));
     }
 }

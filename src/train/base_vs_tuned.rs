@@ -31,8 +31,15 @@ pub struct RegressionSet {
 }
 
 impl RegressionSet {
-    pub fn read(path: &Path, format: Option<DataFormat>, policy: BadRecordPolicy, tok: &Tokenizer, max_seq_len: usize) -> Result<Self> {
-        let (encoded, stats) = batches::encode_file(path, "regression", format, policy, tok, max_seq_len).context("eval.regression")?;
+    pub fn read(
+        path: &Path,
+        format: Option<DataFormat>,
+        policy: BadRecordPolicy,
+        tok: &Tokenizer,
+        max_seq_len: usize,
+    ) -> Result<Self> {
+        let (encoded, stats) =
+            batches::encode_file(path, "regression", format, policy, tok, max_seq_len).context("eval.regression")?;
         Ok(RegressionSet { path: path.to_path_buf(), examples: encoded.into_iter().map(|(e, _)| e).collect(), stats })
     }
 }
@@ -79,7 +86,14 @@ pub struct SampleScores {
 }
 
 /// Regression-set loss of the base (no adapter) and the tuned model.
-pub fn regression(model: &Llama, lora: &LoraWeights, set: &RegressionSet, batch_size: usize, pad: u32, threshold: f64) -> Result<RegressionReport> {
+pub fn regression(
+    model: &Llama,
+    lora: &LoraWeights,
+    set: &RegressionSet,
+    batch_size: usize,
+    pad: u32,
+    threshold: f64,
+) -> Result<RegressionReport> {
     let base_loss = eval::evaluate(model, None, &set.examples, batch_size, pad, |_, _| {})?.loss;
     let tuned_loss = eval::evaluate(model, Some(lora), &set.examples, batch_size, pad, |_, _| {})?.loss;
     let relative_change = (tuned_loss - base_loss) / base_loss;
@@ -95,7 +109,15 @@ pub fn regression(model: &Llama, lora: &LoraWeights, set: &RegressionSet, batch_
 }
 
 /// Both models' greedy answers to `prompts`; writes samples.jsonl into `run_dir`.
-pub fn samples(model: &Llama, lora: &LoraWeights, tok: &Tokenizer, extra_stop_ids: &[u32], prompts: &[EvalPrompt], max_new_tokens: usize, run_dir: &Path) -> Result<GenerationReport> {
+pub fn samples(
+    model: &Llama,
+    lora: &LoraWeights,
+    tok: &Tokenizer,
+    extra_stop_ids: &[u32],
+    prompts: &[EvalPrompt],
+    max_new_tokens: usize,
+    run_dir: &Path,
+) -> Result<GenerationReport> {
     let answer = |adapter: Option<&LoraWeights>| -> Result<Vec<Answer>> {
         let gen = Generator::new(model, adapter, tok, extra_stop_ids);
         eval::answer_prompts(&gen, prompts, max_new_tokens, |_, _| {})
@@ -116,7 +138,12 @@ pub fn samples(model: &Llama, lora: &LoraWeights, tok: &Tokenizer, extra_stop_id
         text.push('\n');
     }
     crate::atomic::write_bytes(&run_dir.join(SAMPLES_FILE), text.as_bytes())?;
-    Ok(GenerationReport { examples: prompts.len(), max_new_tokens, base: GenerationScores::of(&base), tuned: GenerationScores::of(&tuned) })
+    Ok(GenerationReport {
+        examples: prompts.len(),
+        max_new_tokens,
+        base: GenerationScores::of(&base),
+        tuned: GenerationScores::of(&tuned),
+    })
 }
 
 /// The checks `[eval]` asks for at the end of a run, each printed as it finishes (with a
@@ -136,7 +163,14 @@ pub fn check(
     let regression = match regression_set {
         Some(set) => {
             let r = regression(model, lora, set, cfg.batch_size, pad, cfg.regression_threshold)?;
-            println!("regress base {:.4} -> tuned {:.4} ({:+.1}%) on {} ({} examples)", r.base_loss, r.tuned_loss, 100.0 * r.relative_change, r.file.display(), r.examples);
+            println!(
+                "regress base {:.4} -> tuned {:.4} ({:+.1}%) on {} ({} examples)",
+                r.base_loss,
+                r.tuned_loss,
+                100.0 * r.relative_change,
+                r.file.display(),
+                r.examples
+            );
             if r.forgetting {
                 println!(
                     "warning the regression loss rose {:.1}%, above eval.regression_threshold ({:.1}%): the tuned model lost some of what the base did well (catastrophic forgetting); consider mixing general data in (data.weights), fewer steps or a lower lr",
@@ -161,7 +195,9 @@ pub fn check(
 
 /// "exact match 0.25 -> 0.75, token F1 ..., JSON valid ...": one line for the terminal.
 pub fn describe(r: &GenerationReport) -> String {
-    let (Some(b), Some(t)) = (&r.base, &r.tuned) else { return format!("{} prompts, no references to score against", r.examples) };
+    let (Some(b), Some(t)) = (&r.base, &r.tuned) else {
+        return format!("{} prompts, no references to score against", r.examples);
+    };
     let mut parts = vec![
         format!("exact match {:.2} -> {:.2}", b.mean.exact_match, t.mean.exact_match),
         format!("token F1 {:.2} -> {:.2}", b.mean.token_f1, t.mean.token_f1),

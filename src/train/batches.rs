@@ -62,7 +62,8 @@ pub fn encode_file(
     let mut out = Vec::with_capacity(ds.examples.len());
     let (mut truncated, mut without, mut tokens, mut targets) = (0, 0, 0, 0);
     for ex in &ds.examples {
-        let e = encode::encode(tok, &ex.record, max_seq_len).with_context(|| format!("{}:{}", path.display(), ex.line))?;
+        let e =
+            encode::encode(tok, &ex.record, max_seq_len).with_context(|| format!("{}:{}", path.display(), ex.line))?;
         truncated += usize::from(e.truncated);
         if e.num_targets() == 0 {
             without += 1;
@@ -72,7 +73,12 @@ pub fn encode_file(
         targets += e.num_targets();
         out.push((e, ex.clone()));
     }
-    anyhow::ensure!(!out.is_empty(), "{}: no usable examples (all {} records have no target tokens after truncation to {max_seq_len})", path.display(), ds.examples.len());
+    anyhow::ensure!(
+        !out.is_empty(),
+        "{}: no usable examples (all {} records have no target tokens after truncation to {max_seq_len})",
+        path.display(),
+        ds.examples.len()
+    );
     let stats = DataFileStats {
         path: path.to_path_buf(),
         role,
@@ -103,7 +109,11 @@ pub fn split_eval<T>(examples: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec
     idx[..n_eval].iter().for_each(|&i| is_eval[i] = true);
     let (mut train, mut eval) = (Vec::new(), Vec::new());
     for (e, ev) in examples.into_iter().zip(is_eval) {
-        if ev { eval.push(e) } else { train.push(e) }
+        if ev {
+            eval.push(e)
+        } else {
+            train.push(e)
+        }
     }
     (train, eval)
 }
@@ -262,7 +272,9 @@ mod tests {
 
     #[test]
     fn split_is_seeded_and_disjoint() {
-        let ex: Vec<EncodedExample> = (0..20).map(|i| EncodedExample { input_ids: vec![i, i], target_mask: vec![0, 1], truncated: false }).collect();
+        let ex: Vec<EncodedExample> = (0..20)
+            .map(|i| EncodedExample { input_ids: vec![i, i], target_mask: vec![0, 1], truncated: false })
+            .collect();
         let (t1, e1) = split_eval(ex.clone(), 0.25, 7);
         let (_, e2) = split_eval(ex.clone(), 0.25, 7);
         let (_, e3) = split_eval(ex, 0.25, 8);

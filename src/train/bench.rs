@@ -301,7 +301,11 @@ pub fn loadavg() -> Option<[f64; 3]> {
 /// Runs the benchmark on this rank of `group` (`ProcessGroup::single()` alone): each rank
 /// trains its own windows and the LoRA gradients are summed over ranks before the update,
 /// as `train` does.
-pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut progress: impl FnMut(&StepReport)) -> Result<BenchResult> {
+pub fn run(
+    opts: &BenchOptions,
+    group: &crate::distributed::ProcessGroup,
+    mut progress: impl FnMut(&StepReport),
+) -> Result<BenchResult> {
     anyhow::ensure!(opts.seq_len >= 2, "seq_len must be at least 2");
     anyhow::ensure!(opts.batch_size >= 1 && opts.steps >= 1, "batch_size and steps must be at least 1");
     anyhow::ensure!(!opts.targets.is_empty(), "no LoRA target modules");
@@ -317,7 +321,9 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
     let (model, stream, conversations, pad, model_label, load_s) = match &opts.preset {
         // A preset: random weights of that shape, random token ids; no files at all.
         Some(name) => {
-            let cfg = crate::model::init::preset(name).with_context(|| format!("unknown preset {name} (expected one of {})", crate::model::init::PRESETS.join(", ")))?;
+            let cfg = crate::model::init::preset(name).with_context(|| {
+                format!("unknown preset {name} (expected one of {})", crate::model::init::PRESETS.join(", "))
+            })?;
             let std = crate::model::init::default_init_std(name);
             let t0 = Instant::now();
             let mut model = if opts.device.is_cpu() {
@@ -327,7 +333,9 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
             };
             match opts.quantize {
                 Some(Quantize::To(format)) => crate::model::quantized::quantize_model(&mut model, format)?,
-                Some(Quantize::Gguf) => anyhow::bail!("--quantize gguf keeps a GGUF file's blocks; a preset has none (use q4_k, q4_0, q4_1 or q8_0)"),
+                Some(Quantize::Gguf) => anyhow::bail!(
+                    "--quantize gguf keeps a GGUF file's blocks; a preset has none (use q4_k, q4_0, q4_1 or q8_0)"
+                ),
                 None => {}
             }
             opts.device.synchronize()?;
@@ -340,9 +348,15 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
         None => {
             // The data first: a bad file should fail before the model load.
             let source = ModelSource::parse(&opts.model).with_context(|| format!("model {}", opts.model))?;
-            let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", opts.model))?;
+            let tokenizer = model::checkpoint::load_tokenizer(&source, &hub)
+                .with_context(|| format!("loading the tokenizer of {}", opts.model))?;
             let (stream, conversations) = token_stream(&opts.data, &tokenizer)?;
-            anyhow::ensure!(stream.len() >= s, "{}: {} tokens, fewer than one window of {s}", opts.data.display(), stream.len());
+            anyhow::ensure!(
+                stream.len() >= s,
+                "{}: {} tokens, fewer than one window of {s}",
+                opts.data.display(),
+                stream.len()
+            );
             let t0 = Instant::now();
             let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", opts.model))?;
             opts.device.synchronize()?;
@@ -354,11 +368,17 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
     let wins = windows(&stream, s);
     let examples: Vec<EncodedExample> = wins.iter().map(|w| window_example(w)).collect();
 
-    let spec = LoraSpec { r: opts.r, alpha: opts.alpha, dropout: 0.0, targets: opts.targets.clone(), use_rslora: false };
+    let spec =
+        LoraSpec { r: opts.r, alpha: opts.alpha, dropout: 0.0, targets: opts.targets.clone(), use_rslora: false };
     let mut lora = LoraWeights::init(&spec, &model.config, SEED, &opts.device)?;
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut opt = AdamW::new(adam, &lora.tensors())?;
-    let step_opts = StepOptions { gradient_checkpointing: opts.gradient_checkpointing, checkpoint_layers: opts.checkpoint_layers, dropout: 0.0, profiler: None };
+    let step_opts = StepOptions {
+        gradient_checkpointing: opts.gradient_checkpointing,
+        checkpoint_layers: opts.checkpoint_layers,
+        dropout: 0.0,
+        profiler: None,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(SEED); // draws dropout seeds only; dropout is 0
 
     let load_peak = peak_rss_mib();
@@ -374,14 +394,24 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
             cpu_start = CpuTimes::now().map(|c| (c, Instant::now()));
         }
         // Rank r of N trains the windows of "step" step * N + r: each rank its own data.
-        let rows: Vec<Vec<&EncodedExample>> =
-            step_windows(step * group.world_size + group.rank, b, examples.len()).into_iter().map(|i| vec![&examples[i]]).collect();
+        let rows: Vec<Vec<&EncodedExample>> = step_windows(step * group.world_size + group.rank, b, examples.len())
+            .into_iter()
+            .map(|i| vec![&examples[i]])
+            .collect();
         // Only timed steps are profiled, so the profile describes the same steps.
         let prof = profiler.as_ref().filter(|_| step >= opts.warmup);
         let t = Instant::now();
         let batch = timed(prof, "batch upload", || TrainBatch::new(&rows, pad, &opts.device))?;
         let mut grads = timed(prof, "lora grad accumulate", || LoraGrads::zeros(&lora))?;
-        let st = step::forward_backward(&model, &lora, &batch, 1.0 / batch.num_targets as f64, StepOptions { profiler: prof, ..step_opts }, &mut rng, &mut grads)?;
+        let st = step::forward_backward(
+            &model,
+            &lora,
+            &batch,
+            1.0 / batch.num_targets as f64,
+            StepOptions { profiler: prof, ..step_opts },
+            &mut rng,
+            &mut grads,
+        )?;
         let g = if grouped {
             opts.device.synchronize()?;
             let t_reduce = Instant::now();
@@ -448,7 +478,12 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
         gradient_checkpointing: opts.gradient_checkpointing,
         checkpoint_layers: opts.checkpoint_layers,
         quantize: opts.quantize.map(|q| format!("{q:?}")),
-        projection_bytes: model.weights.layers.iter().map(|l| l.projections().iter().map(|w| w.weight.storage_bytes()).sum::<usize>()).sum(),
+        projection_bytes: model
+            .weights
+            .layers
+            .iter()
+            .map(|l| l.projections().iter().map(|w| w.weight.storage_bytes()).sum::<usize>())
+            .sum(),
         conversations,
         stream_tokens: stream.len(),
         stream_sha256: stream_hash(&stream),
@@ -478,7 +513,10 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
         achieved_tflops,
         mfu: matmul_tflops.map(|m| achieved_tflops / m),
         profile: profiler.map(|p| {
-            p.report().into_iter().map(|r| RegionTime { seconds: r.seconds / opts.steps as f64, calls: r.calls / opts.steps, ..r }).collect()
+            p.report()
+                .into_iter()
+                .map(|r| RegionTime { seconds: r.seconds / opts.steps as f64, calls: r.calls / opts.steps, ..r })
+                .collect()
         }),
         ranks,
     })
@@ -491,15 +529,21 @@ pub fn run(opts: &BenchOptions, group: &crate::distributed::ProcessGroup, mut pr
 /// and twice that backward. Recomputation (checkpointing, flash's backward) is not counted,
 /// as MFU conventionally counts only the model's own work.
 pub fn flops_per_token(cfg: &crate::model::ModelConfig, targets: &[Target], r: usize, seq: usize) -> f64 {
-    let projection_weights: usize = Target::ALL.iter().map(|t| {
-        let (i, o) = t.shape(cfg);
-        i * o
-    }).sum();
+    let projection_weights: usize = Target::ALL
+        .iter()
+        .map(|t| {
+            let (i, o) = t.shape(cfg);
+            i * o
+        })
+        .sum();
     let base = 4.0 * (cfg.num_hidden_layers * projection_weights + cfg.vocab_size * cfg.hidden_size) as f64;
-    let lora: usize = targets.iter().map(|t| {
-        let (i, o) = t.shape(cfg);
-        6 * r * (i + o)
-    }).sum();
+    let lora: usize = targets
+        .iter()
+        .map(|t| {
+            let (i, o) = t.shape(cfg);
+            6 * r * (i + o)
+        })
+        .sum();
     let attention = 6.0 * (seq * cfg.num_attention_heads * cfg.head_dim) as f64;
     base + cfg.num_hidden_layers as f64 * (lora as f64 + attention)
 }

@@ -60,7 +60,13 @@ pub fn step_dir(run_dir: &Path, step: usize) -> PathBuf {
 }
 
 /// Writes `checkpoints/step-{state.step}` atomically (temporary folder, then rename).
-pub fn save(run_dir: &Path, lora: &LoraWeights, opt: &AdamW, state: &TrainerState, base_model: &str) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    lora: &LoraWeights,
+    opt: &AdamW,
+    state: &TrainerState,
+    base_model: &str,
+) -> Result<PathBuf> {
     let dest = step_dir(run_dir, state.step);
     if dest.join(STATE_FILE).is_file() {
         return Ok(dest); // already saved (e.g. the step a run resumed from)
@@ -75,8 +81,10 @@ pub fn save(run_dir: &Path, lora: &LoraWeights, opt: &AdamW, state: &TrainerStat
     let names: Vec<String> = lora.named_tensors().into_iter().map(|(n, _)| n).collect();
     let moments = opt.state_tensors(&names)?;
     let opt_path = tmp.join(OPTIMIZER_FILE);
-    crate::atomic::write_with(&opt_path, |p| candle_core::safetensors::save(&moments, p).map_err(|e| std::io::Error::other(e.to_string())))
-        .with_context(|| format!("writing {}", opt_path.display()))?;
+    crate::atomic::write_with(&opt_path, |p| {
+        candle_core::safetensors::save(&moments, p).map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .with_context(|| format!("writing {}", opt_path.display()))?;
     let text = serde_json::to_string_pretty(state)? + "\n";
     crate::atomic::write_bytes(&tmp.join(STATE_FILE), text.as_bytes())?;
     if dest.exists() {
@@ -127,9 +135,11 @@ pub fn load(dir: &Path, cfg: &ModelConfig, opt: &mut AdamW, device: &Device) -> 
     let lora = lora::load_adapter(dir, cfg, device)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?;
-    let state: TrainerState = serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", state_path.display()))?;
     let opt_path = dir.join(OPTIMIZER_FILE);
-    let moments = candle_core::safetensors::load(&opt_path, &Device::Cpu).with_context(|| format!("reading {}", opt_path.display()))?;
+    let moments = candle_core::safetensors::load(&opt_path, &Device::Cpu)
+        .with_context(|| format!("reading {}", opt_path.display()))?;
     let names: Vec<String> = lora.named_tensors().into_iter().map(|(n, _)| n).collect();
     if let Err(e) = opt.load_state(&names, moments, state.step as u64, device) {
         bail!("{}: {e}", opt_path.display());

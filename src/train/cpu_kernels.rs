@@ -147,9 +147,7 @@ impl InplaceOp1 for SoftmaxCrossEntropyGrad {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{}: expects f32 logits", self.name())
-        };
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("{}: expects f32 logits", self.name()) };
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("{}: logits must be contiguous", self.name())
         };
@@ -163,7 +161,8 @@ impl InplaceOp1 for SoftmaxCrossEntropyGrad {
         // Rows in parallel, their losses added in row order: rayon's parallel sum would
         // associate them as its work-stealing happened to split, changing the last bits of
         // the logged loss from run to run.
-        let rows: Vec<f64> = data[start..end].par_chunks_mut(v).zip(&self.labels).map(|(row, &l)| self.row(row, l as usize)).collect();
+        let rows: Vec<f64> =
+            data[start..end].par_chunks_mut(v).zip(&self.labels).map(|(row, &l)| self.row(row, l as usize)).collect();
         let total: f64 = rows.iter().sum();
         *self.nll_sum.lock().expect("not poisoned") += total;
         Ok(())
@@ -260,7 +259,15 @@ impl CustomOp3 for ElementWise {
     fn name(&self) -> &'static str {
         self.name
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.run(&[(s1, l1), (s2, l2), (s3, l3)])
     }
 }
@@ -437,13 +444,16 @@ mod tests {
         let bias = Tensor::from_vec(bias, (b, 1, t, t), &dev).unwrap();
         let scale = 0.125f32;
         let probs = scores.apply_op2_no_bwd(&bias, &AttentionSoftmax { scale }).unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&(&scores * scale as f64).unwrap().broadcast_add(&bias).unwrap()).unwrap();
+        let want =
+            candle_nn::ops::softmax_last_dim(&(&scores * scale as f64).unwrap().broadcast_add(&bias).unwrap()).unwrap();
         assert_close(&probs, &want, 1e-6, "softmax");
         let p = probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(p[1], 0.0, "a future position gets exactly 0");
         let dp = Tensor::randn(0f32, 1.0, (b, nh, t, t), &dev).unwrap();
         let ds = dp.apply_op2_no_bwd(&probs, &AttentionSoftmaxGrad { scale }).unwrap();
-        let want = ((&probs * dp.broadcast_sub(&(&dp * &probs).unwrap().sum_keepdim(3).unwrap()).unwrap()).unwrap() * scale as f64).unwrap();
+        let want = ((&probs * dp.broadcast_sub(&(&dp * &probs).unwrap().sum_keepdim(3).unwrap()).unwrap()).unwrap()
+            * scale as f64)
+            .unwrap();
         assert_close(&ds, &want, 1e-6, "softmax backward");
     }
 

@@ -74,9 +74,13 @@ fn row_threads(h: usize) -> Result<u32> {
 fn allow_smem(func: &CudaFunction, smem: usize) -> Result<()> {
     // SAFETY: sets an attribute of a kernel handle that `func` keeps loaded.
     unsafe {
-        sys::cuFuncSetAttribute(func.cu_function(), sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-            .result()
-            .w()
+        sys::cuFuncSetAttribute(
+            func.cu_function(),
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .result()
+        .w()
     }
 }
 
@@ -105,7 +109,13 @@ macro_rules! launch {
 /// GGUF blocks (u8, rows * cols / block values of `dtype`, rows one after another) ->
 /// (rows, cols) bf16, written into `into` when given (a contiguous (rows, cols) bf16 view)
 /// or a fresh tensor. Q4_0, Q4_1, Q8_0 and Q4_K.
-pub fn dequantize_bf16(blocks: &Tensor, dtype: candle_core::quantized::GgmlDType, rows: usize, cols: usize, into: Option<&Tensor>) -> Result<Tensor> {
+pub fn dequantize_bf16(
+    blocks: &Tensor,
+    dtype: candle_core::quantized::GgmlDType,
+    rows: usize,
+    cols: usize,
+    into: Option<&Tensor>,
+) -> Result<Tensor> {
     use candle_core::quantized::GgmlDType as G;
     let kernel = match dtype {
         G::Q4_0 => "dequant_q4_0_bf16",
@@ -139,9 +149,25 @@ pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Ten
     let dev = cuda_device(x)?;
     let y = empty(&dev, &[n, h], DType::BF16)?;
     let rstd = empty(&dev, &[n, 1], DType::F32)?;
-    let (px, pw, py, pr) = (ptr(x, DType::BF16, "x")?, ptr(w, DType::BF16, "w")?, ptr(&y, DType::BF16, "y")?, ptr(&rstd, DType::F32, "rstd")?);
+    let (px, pw, py, pr) = (
+        ptr(x, DType::BF16, "x")?,
+        ptr(w, DType::BF16, "w")?,
+        ptr(&y, DType::BF16, "y")?,
+        ptr(&rstd, DType::F32, "rstd")?,
+    );
     let (h32, eps32) = (h as i32, eps as f32);
-    launch!(dev, ELEMENTWISE, "rms_norm_fwd_bf16", grid((n as u32, 1), row_threads(h)?, 0), &px, &pw, &py, &pr, &h32, &eps32);
+    launch!(
+        dev,
+        ELEMENTWISE,
+        "rms_norm_fwd_bf16",
+        grid((n as u32, 1), row_threads(h)?, 0),
+        &px,
+        &pw,
+        &py,
+        &pr,
+        &h32,
+        &eps32
+    );
     Ok((y, rstd))
 }
 
@@ -152,13 +178,31 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, dre
     let dev = cuda_device(x)?;
     let dx = empty(&dev, &[n, h], DType::BF16)?;
     let pd = ptr(dy, DType::BF16, "dy")?;
-    let (px, pw, pr, po) = (ptr(x, DType::BF16, "x")?, ptr(w, DType::BF16, "w")?, ptr(rstd, DType::F32, "rstd")?, ptr(&dx, DType::BF16, "dx")?);
+    let (px, pw, pr, po) = (
+        ptr(x, DType::BF16, "x")?,
+        ptr(w, DType::BF16, "w")?,
+        ptr(rstd, DType::F32, "rstd")?,
+        ptr(&dx, DType::BF16, "dx")?,
+    );
     let pres = match dres {
         Some(r) => ptr(r, DType::BF16, "dres")?,
         None => pd, // not read
     };
     let (h32, has_res) = (h as i32, dres.is_some() as i32);
-    launch!(dev, ELEMENTWISE, "rms_norm_bwd_bf16", grid((n as u32, 1), row_threads(h)?, 0), &pd, &px, &pw, &pr, &pres, &po, &h32, &has_res);
+    launch!(
+        dev,
+        ELEMENTWISE,
+        "rms_norm_bwd_bf16",
+        grid((n as u32, 1), row_threads(h)?, 0),
+        &pd,
+        &px,
+        &pw,
+        &pr,
+        &pres,
+        &po,
+        &h32,
+        &has_res
+    );
     Ok(dx)
 }
 
@@ -169,13 +213,31 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, head_dim: usize, backward: b
     let heads = width / head_dim;
     let dev = cuda_device(x)?;
     let y = empty(&dev, &[n, width], DType::BF16)?;
-    let (px, pc, ps, py) = (ptr(x, DType::BF16, "x")?, ptr(cos, DType::BF16, "cos")?, ptr(sin, DType::BF16, "sin")?, ptr(&y, DType::BF16, "y")?);
+    let (px, pc, ps, py) = (
+        ptr(x, DType::BF16, "x")?,
+        ptr(cos, DType::BF16, "cos")?,
+        ptr(sin, DType::BF16, "sin")?,
+        ptr(&y, DType::BF16, "y")?,
+    );
     let (n32, h32, d32, bw) = (n as i32, heads as i32, head_dim as i32, backward as i32);
     if head_dim % 4 != 0 {
         bail!("rope kernel needs a head dim divisible by 4, got {head_dim}");
     }
     let total = n * heads * head_dim / 4;
-    launch!(dev, ELEMENTWISE, "rope_bf16", grid((blocks_for(total, 256), 1), 256, 0), &px, &pc, &ps, &py, &n32, &h32, &d32, &bw);
+    launch!(
+        dev,
+        ELEMENTWISE,
+        "rope_bf16",
+        grid((blocks_for(total, 256), 1), 256, 0),
+        &px,
+        &pc,
+        &ps,
+        &py,
+        &n32,
+        &h32,
+        &d32,
+        &bw
+    );
     Ok(y)
 }
 
@@ -187,7 +249,8 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     let dev = cuda_device(a)?;
     let out = empty(&dev, a.dims(), DType::BF16)?;
-    let (pa, pb, po, n8) = (ptr(a, DType::BF16, "a")?, ptr(b, DType::BF16, "b")?, ptr(&out, DType::BF16, "out")?, (n / 8) as i32);
+    let (pa, pb, po, n8) =
+        (ptr(a, DType::BF16, "a")?, ptr(b, DType::BF16, "b")?, ptr(&out, DType::BF16, "out")?, (n / 8) as i32);
     launch!(dev, ELEMENTWISE, "add_bf16", grid((blocks_for(n / 8, 256), 1), 256, 0), &pa, &pb, &po, &n8);
     Ok(out)
 }
@@ -205,7 +268,20 @@ pub fn add_rms_norm_forward(a: &Tensor, b: &Tensor, w: &Tensor, eps: f64) -> Res
     let (pa, pb, pw) = (ptr(a, DType::BF16, "a")?, ptr(b, DType::BF16, "b")?, ptr(w, DType::BF16, "w")?);
     let (ps, py, pr) = (ptr(&sum, DType::BF16, "sum")?, ptr(&y, DType::BF16, "y")?, ptr(&rstd, DType::F32, "rstd")?);
     let (h32, eps32) = (h as i32, eps as f32);
-    launch!(dev, ELEMENTWISE, "add_rms_norm_fwd_bf16", grid((n as u32, 1), row_threads(h)?, 0), &pa, &pb, &pw, &ps, &py, &pr, &h32, &eps32);
+    launch!(
+        dev,
+        ELEMENTWISE,
+        "add_rms_norm_fwd_bf16",
+        grid((n as u32, 1), row_threads(h)?, 0),
+        &pa,
+        &pb,
+        &pw,
+        &ps,
+        &py,
+        &pr,
+        &h32,
+        &eps32
+    );
     Ok((sum, y, rstd))
 }
 
@@ -217,7 +293,8 @@ pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if g.elem_count() % 2 != 0 {
         bail!("swiglu kernel needs an even element count, got {:?}", g.dims());
     }
-    let (pg, pu, pa, n2) = (ptr(g, DType::BF16, "gate")?, ptr(u, DType::BF16, "up")?, ptr(&a, DType::BF16, "out")?, pairs as i32);
+    let (pg, pu, pa, n2) =
+        (ptr(g, DType::BF16, "gate")?, ptr(u, DType::BF16, "up")?, ptr(&a, DType::BF16, "out")?, pairs as i32);
     launch!(dev, ELEMENTWISE, "swiglu_fwd_bf16", grid((blocks_for(pairs, 256), 1), 256, 0), &pg, &pu, &pa, &n2);
     Ok(a)
 }
@@ -231,7 +308,18 @@ pub fn swiglu_backward(da: Tensor, g: &Tensor, u: Tensor) -> Result<(Tensor, Ten
     let pairs = g.elem_count() / 2;
     let (pd, pg, pu) = (ptr(&da, DType::BF16, "da")?, ptr(g, DType::BF16, "gate")?, ptr(&u, DType::BF16, "up")?);
     let (pdg, pdu, n2) = (ptr(&dg, DType::BF16, "dg")?, ptr(&du, DType::BF16, "du")?, pairs as i32);
-    launch!(dev, ELEMENTWISE, "swiglu_bwd_bf16", grid((blocks_for(pairs, 256), 1), 256, 0), &pd, &pg, &pu, &pdg, &pdu, &n2);
+    launch!(
+        dev,
+        ELEMENTWISE,
+        "swiglu_bwd_bf16",
+        grid((blocks_for(pairs, 256), 1), 256, 0),
+        &pd,
+        &pg,
+        &pu,
+        &pdg,
+        &pdu,
+        &n2
+    );
     Ok((dg, du))
 }
 
@@ -243,7 +331,8 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, scale: f64) -> Result<(Te
     let nll = empty(&dev, &[len], DType::F32)?;
     let dlogits = empty(&dev, &[len, v], DType::BF16)?;
     let (pl, pt) = (ptr(logits, DType::BF16, "logits")?, ptr(labels, DType::U32, "labels")?);
-    let (pd, pn, v32, s32) = (ptr(&dlogits, DType::BF16, "dlogits")?, ptr(&nll, DType::F32, "nll")?, v as i32, scale as f32);
+    let (pd, pn, v32, s32) =
+        (ptr(&dlogits, DType::BF16, "dlogits")?, ptr(&nll, DType::F32, "nll")?, v as i32, scale as f32);
     launch!(dev, ELEMENTWISE, "cross_entropy_bf16", grid((len as u32, 1), 1024, 0), &pl, &pt, &pd, &pn, &v32, &s32);
     Ok((nll, dlogits))
 }
@@ -264,14 +353,36 @@ pub struct AdamWStep {
 pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamWStep) -> Result<(Tensor, Tensor, Tensor)> {
     let dev = cuda_device(p)?;
     let n = p.elem_count();
-    let outs = [empty(&dev, p.dims(), DType::F32)?, empty(&dev, p.dims(), DType::F32)?, empty(&dev, p.dims(), DType::F32)?];
-    let ins = [ptr(p, DType::F32, "param")?, ptr(g, DType::F32, "grad")?, ptr(m, DType::F32, "exp_avg")?, ptr(v, DType::F32, "exp_avg_sq")?];
+    let outs =
+        [empty(&dev, p.dims(), DType::F32)?, empty(&dev, p.dims(), DType::F32)?, empty(&dev, p.dims(), DType::F32)?];
+    let ins = [
+        ptr(p, DType::F32, "param")?,
+        ptr(g, DType::F32, "grad")?,
+        ptr(m, DType::F32, "exp_avg")?,
+        ptr(v, DType::F32, "exp_avg_sq")?,
+    ];
     let po = [ptr(&outs[0], DType::F32, "p")?, ptr(&outs[1], DType::F32, "m")?, ptr(&outs[2], DType::F32, "v")?];
     let n32 = n as i32;
     launch!(
-        dev, ELEMENTWISE, "adamw_f32", grid((blocks_for(n, 256), 1), 256, 0),
-        &ins[0], &ins[1], &ins[2], &ins[3], &po[0], &po[1], &po[2], &n32,
-        &s.lr, &s.beta1, &s.beta2, &s.eps, &s.weight_decay, &s.bc1, &s.bc2_sqrt
+        dev,
+        ELEMENTWISE,
+        "adamw_f32",
+        grid((blocks_for(n, 256), 1), 256, 0),
+        &ins[0],
+        &ins[1],
+        &ins[2],
+        &ins[3],
+        &po[0],
+        &po[1],
+        &po[2],
+        &n32,
+        &s.lr,
+        &s.beta1,
+        &s.beta2,
+        &s.eps,
+        &s.weight_decay,
+        &s.bc1,
+        &s.bc2_sqrt
     );
     let [p2, m2, v2] = outs;
     Ok((p2, m2, v2))
@@ -316,12 +427,23 @@ pub fn flash_supported(head_dim: usize) -> bool {
 
 /// q: (N, NH*D), k/v: (N, NKV*D) bf16, kstart: (N,) u32 first visible key of each query
 /// -> (o (N, NH*D) bf16, lse (B, NH, T) f32 in the kernels' base-2 scaled units).
-pub fn flash_attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, kstart: &Tensor, s: AttnShape) -> Result<(Tensor, Tensor)> {
+pub fn flash_attention_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kstart: &Tensor,
+    s: AttnShape,
+) -> Result<(Tensor, Tensor)> {
     check_attn(&s)?;
     let dev = cuda_device(q)?;
     let o = empty(&dev, &[s.b * s.t, s.nh * s.d], DType::BF16)?;
     let lse = empty(&dev, &[s.b, s.nh, s.t], DType::F32)?;
-    let (pq, pk, pv, pks) = (ptr(q, DType::BF16, "q")?, ptr(k, DType::BF16, "k")?, ptr(v, DType::BF16, "v")?, ptr(kstart, DType::U32, "kstart")?);
+    let (pq, pk, pv, pks) = (
+        ptr(q, DType::BF16, "q")?,
+        ptr(k, DType::BF16, "k")?,
+        ptr(v, DType::BF16, "v")?,
+        ptr(kstart, DType::U32, "kstart")?,
+    );
     let (po, pl) = (ptr(&o, DType::BF16, "o")?, ptr(&lse, DType::F32, "lse")?);
     let (t32, nh32, nkv32) = (s.t as i32, s.nh as i32, s.nkv as i32);
     let (scale_log2, _) = attn_scales(&s);
@@ -355,7 +477,19 @@ pub fn flash_attention_backward(
     let dv = empty(&dev, &[n, s.nkv * s.d], DType::BF16)?;
     let (pdo, po, pds) = (ptr(dout, DType::BF16, "dout")?, ptr(o, DType::BF16, "o")?, ptr(&dsum, DType::F32, "dsum")?);
     let (n32, t32, nh32, nkv32, d32) = (n as i32, s.t as i32, s.nh as i32, s.nkv as i32, s.d as i32);
-    launch!(dev, ATTENTION, "flash_bwd_dsum", grid((blocks_for(n * s.nh, 4), 1), 128, 0), &po, &pdo, &pds, &n32, &t32, &nh32, &d32);
+    launch!(
+        dev,
+        ATTENTION,
+        "flash_bwd_dsum",
+        grid((blocks_for(n * s.nh, 4), 1), 128, 0),
+        &po,
+        &pdo,
+        &pds,
+        &n32,
+        &t32,
+        &nh32,
+        &d32
+    );
 
     let (pq, pk, pv) = (ptr(q, DType::BF16, "q")?, ptr(k, DType::BF16, "k")?, ptr(v, DType::BF16, "v")?);
     let (pl, pks) = (ptr(lse, DType::F32, "lse")?, ptr(kstart, DType::U32, "kstart")?);
@@ -390,15 +524,29 @@ pub fn flash_attention_backward(
 pub fn matmul_accumulate(c: &Tensor, a: &Tensor, b: &Tensor, b_transposed: bool) -> Result<()> {
     use candle_core::cuda_backend::cudarc::cublas::{result::gemm_ex, sys as blas};
     let (m, k) = a.dims2()?;
-    let (bn, bk) = if b_transposed { b.dims2()? } else { let (r, c) = b.dims2()?; (c, r) };
+    let (bn, bk) = if b_transposed {
+        b.dims2()?
+    } else {
+        let (r, c) = b.dims2()?;
+        (c, r)
+    };
     let (cm, n) = c.dims2()?;
     if bk != k || bn != n || cm != m {
-        bail!("matmul_accumulate: c {:?} += a {:?} x b {:?} (transposed {b_transposed}) do not fit", c.dims(), a.dims(), b.dims());
+        bail!(
+            "matmul_accumulate: c {:?} += a {:?} x b {:?} (transposed {b_transposed}) do not fit",
+            c.dims(),
+            a.dims(),
+            b.dims()
+        );
     }
     let dev = cuda_device(c)?;
     let (pc, pa, pb) = (ptr(c, DType::BF16, "c")?, ptr(a, DType::BF16, "a")?, ptr(b, DType::BF16, "b")?);
     // Row-major C = A B' is column-major C^T = B'^T A^T: cuBLAS's first operand is b.
-    let (op_b, ldb) = if b_transposed { (blas::cublasOperation_t::CUBLAS_OP_T, k) } else { (blas::cublasOperation_t::CUBLAS_OP_N, n) };
+    let (op_b, ldb) = if b_transposed {
+        (blas::cublasOperation_t::CUBLAS_OP_T, k)
+    } else {
+        (blas::cublasOperation_t::CUBLAS_OP_N, n)
+    };
     let (alpha, beta) = (1f32, 1f32);
     let handle = dev.cublas_handle();
     // SAFETY: pointers come from live contiguous tensors of the checked shapes, on the

@@ -21,7 +21,13 @@ const SHOWN: usize = 3;
 ///
 /// Bad records follow `on_bad_record`: under `skip` they are warnings, as the run passes
 /// over them.
-pub fn check(cfg: &TrainConfig, format: Option<DataFormat>, policy: BadRecordPolicy, tok: &Tokenizer, run_dir: &Path) -> Result<Option<LintSummary>> {
+pub fn check(
+    cfg: &TrainConfig,
+    format: Option<DataFormat>,
+    policy: BadRecordPolicy,
+    tok: &Tokenizer,
+    run_dir: &Path,
+) -> Result<Option<LintSummary>> {
     if cfg.data.lint == "off" {
         return Ok(None);
     }

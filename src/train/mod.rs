@@ -12,13 +12,13 @@ pub mod batches;
 pub mod bench;
 pub mod checkpoint;
 pub mod cpu_kernels;
-pub mod lint_gate;
 #[cfg(feature = "cuda")]
 pub mod cuda_kernels;
+pub mod lint_gate;
 pub mod ops;
-pub mod report;
 pub mod optimizer;
 pub mod profile;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod step;

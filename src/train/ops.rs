@@ -9,7 +9,9 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::cpu_kernels::{AttentionSoftmax, AttentionSoftmaxGrad, SoftmaxCrossEntropyGrad, SWIGLU, SWIGLU_GRAD_GATE, SWIGLU_GRAD_UP};
+use super::cpu_kernels::{
+    AttentionSoftmax, AttentionSoftmaxGrad, SoftmaxCrossEntropyGrad, SWIGLU, SWIGLU_GRAD_GATE, SWIGLU_GRAD_UP,
+};
 use crate::lora::LoraPair;
 use crate::model::llama::Linear;
 
@@ -34,19 +36,58 @@ use super::cuda_kernels as cuda;
 mod cuda {
     use candle_core::{bail, Result, Tensor};
     const NO_CUDA: &str = "loratune was built without the cuda feature";
-    pub fn rms_norm_forward(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
-    pub fn rms_norm_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> { bail!("{NO_CUDA}") }
-    pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: bool) -> Result<Tensor> { bail!("{NO_CUDA}") }
-    pub fn swiglu_forward(_: &Tensor, _: &Tensor) -> Result<Tensor> { bail!("{NO_CUDA}") }
-    pub fn swiglu_backward(_: Tensor, _: &Tensor, _: Tensor) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
-    pub fn cross_entropy(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
-    pub fn matmul_accumulate(_: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<()> { bail!("{NO_CUDA}") }
-    pub fn add(_: &Tensor, _: &Tensor) -> Result<Tensor> { bail!("{NO_CUDA}") }
-    pub fn add_rms_norm_forward(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor, Tensor)> { bail!("{NO_CUDA}") }
-    pub fn flash_supported(_: usize) -> bool { false }
-    pub fn flash_attention_forward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: super::AttnShape) -> Result<(Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn rms_norm_forward(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn rms_norm_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: bool) -> Result<Tensor> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn swiglu_forward(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn swiglu_backward(_: Tensor, _: &Tensor, _: Tensor) -> Result<(Tensor, Tensor)> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn cross_entropy(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn matmul_accumulate(_: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<()> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn add(_: &Tensor, _: &Tensor) -> Result<Tensor> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn add_rms_norm_forward(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        bail!("{NO_CUDA}")
+    }
+    pub fn flash_supported(_: usize) -> bool {
+        false
+    }
+    pub fn flash_attention_forward(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: super::AttnShape,
+    ) -> Result<(Tensor, Tensor)> {
+        bail!("{NO_CUDA}")
+    }
     #[allow(clippy::too_many_arguments)]
-    pub fn flash_attention_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: super::AttnShape) -> Result<(Tensor, Tensor, Tensor)> { bail!("{NO_CUDA}") }
+    pub fn flash_attention_backward(
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        _: super::AttnShape,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        bail!("{NO_CUDA}")
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -146,7 +187,13 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> R
 /// dctx: (B, NH, T, D) -> (dq (B, NH, T, D), dk (B, NKV, T, D), dv (B, NKV, T, D)).
 /// dS = P * (dP - rowsum(dP * P)); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dctx,
 /// with dK, dV summed over the query heads that share a kv head.
-pub fn attention_backward(dctx: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor, probs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn attention_backward(
+    dctx: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    probs: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, nh, t, d) = q.dims4()?;
     let nkv = k.dim(1)?;
     let rep = nh / nkv;
@@ -217,7 +264,15 @@ pub fn uses_flash(x: &Tensor, head_dim: usize) -> bool {
 
 /// qp: (N, NH*D), kp/vp: (N, NKV*D) projections; cos/sin: (B, 1, T, D)
 /// -> (ctx (N, NH*D), saved).
-pub fn attention_block_forward(qp: &Tensor, kp: &Tensor, vp: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttnMask, s: AttnShape) -> Result<(Tensor, AttnSaved)> {
+pub fn attention_block_forward(
+    qp: &Tensor,
+    kp: &Tensor,
+    vp: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: &AttnMask,
+    s: AttnShape,
+) -> Result<(Tensor, AttnSaved)> {
     let n = s.b * s.t;
     if uses_flash(qp, s.d) {
         let (cos, sin) = (cos.reshape((n, s.d))?, sin.reshape((n, s.d))?);
@@ -238,7 +293,14 @@ pub fn attention_block_forward(qp: &Tensor, kp: &Tensor, vp: &Tensor, cos: &Tens
 
 /// dctx: (N, NH*D) -> (dqp (N, NH*D), dkp (N, NKV*D), dvp (N, NKV*D)), gradients of the
 /// projections' outputs.
-pub fn attention_block_backward(dctx: &Tensor, saved: &AttnSaved, cos: &Tensor, sin: &Tensor, mask: &AttnMask, s: AttnShape) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn attention_block_backward(
+    dctx: &Tensor,
+    saved: &AttnSaved,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: &AttnMask,
+    s: AttnShape,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let n = s.b * s.t;
     match saved {
         AttnSaved::Flash { q, k, v, o, lse } => {
@@ -250,7 +312,11 @@ pub fn attention_block_backward(dctx: &Tensor, saved: &AttnSaved, cos: &Tensor, 
             let dctx = dctx.reshape((s.b, s.t, s.nh, s.d))?.transpose(1, 2)?.contiguous()?;
             let (dq, dk, dv) = attention_backward(&dctx, q, k, v, probs)?;
             let rows = |y: Tensor, h: usize| y.transpose(1, 2)?.contiguous()?.reshape((n, h * s.d));
-            Ok((rows(rope_backward(&dq, cos, sin)?, s.nh)?, rows(rope_backward(&dk, cos, sin)?, s.nkv)?, rows(dv, s.nkv)?))
+            Ok((
+                rows(rope_backward(&dq, cos, sin)?, s.nh)?,
+                rows(rope_backward(&dk, cos, sin)?, s.nkv)?,
+                rows(dv, s.nkv)?,
+            ))
         }
     }
 }
@@ -366,7 +432,9 @@ pub fn lora_linear_backward(
         };
         drop(weight);
         let Some((p, saved)) = lora else { return Ok((dx, None)) };
-        let x = x.ok_or_else(|| candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into()))?;
+        let x = x.ok_or_else(|| {
+            candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into())
+        })?;
         let a = p.a.to_dtype(DType::BF16)?;
         let b_scaled = (&p.b * scaling)?.to_dtype(DType::BF16)?;
         let du = dy.matmul(&b_scaled)?; // (N, r) = s * dy B
@@ -382,7 +450,8 @@ pub fn lora_linear_backward(
         None => dx,
     };
     let Some((p, saved)) = lora else { return Ok((dx, None)) };
-    let x = x.ok_or_else(|| candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into()))?;
+    let x =
+        x.ok_or_else(|| candle_core::Error::Msg("lora_linear_backward: an adapted projection needs its input".into()))?;
     let dyf = dy.to_dtype(DType::F32)?;
     let du = (dyf.matmul(&p.b)? * scaling)?; // (N, r)
     let grad_b = (dyf.t()?.matmul(&saved.u)? * scaling)?; // (out, r)
@@ -414,7 +483,12 @@ pub const HEAD_CHUNK: usize = 128;
 /// `loss_scale * sum(nll)`: callers pass 1 / (targets in the optimizer step).
 /// On the CPU in f32 the softmax, loss and logit gradient are one fused in-place pass
 /// (`cpu_kernels::SoftmaxCrossEntropyGrad`); elsewhere they are candle ops.
-pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<(f64, Tensor)> {
+pub fn cross_entropy_forward_backward(
+    h: &Tensor,
+    lm_head: &Tensor,
+    labels: &Tensor,
+    loss_scale: f64,
+) -> Result<(f64, Tensor)> {
     if cuda_bf16(h) {
         return cross_entropy_cuda(h, lm_head, labels, loss_scale);
     }
@@ -443,7 +517,10 @@ pub fn cross_entropy_forward_backward(h: &Tensor, lm_head: &Tensor, labels: &Ten
             let picked = shifted.gather(&lab.unsqueeze(1)?, 1)?; // (len, 1)
             nll += (sum.log()? - picked)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
             // d nll / d logits = softmax - onehot(label)
-            let onehot = lab.unsqueeze(1)?.broadcast_eq(&Tensor::arange(0u32, v as u32, h.device())?.unsqueeze(0)?)?.to_dtype(DType::F32)?;
+            let onehot = lab
+                .unsqueeze(1)?
+                .broadcast_eq(&Tensor::arange(0u32, v as u32, h.device())?.unsqueeze(0)?)?
+                .to_dtype(DType::F32)?;
             ((exp.broadcast_div(&sum)? - onehot)? * loss_scale)?.to_dtype(h.dtype())?
         };
         dh_chunks.push(dlogits.matmul(lm_head)?); // (len, H)

@@ -56,7 +56,8 @@ impl AdamW {
                     bc1: bc1 as f32,
                     bc2_sqrt: bc2.sqrt() as f32,
                 };
-                let (p, m, v) = super::cuda_kernels::adamw(p, &g.contiguous()?, &self.exp_avg[i], &self.exp_avg_sq[i], step)?;
+                let (p, m, v) =
+                    super::cuda_kernels::adamw(p, &g.contiguous()?, &self.exp_avg[i], &self.exp_avg_sq[i], step)?;
                 out.push(p);
                 self.exp_avg[i] = m;
                 self.exp_avg_sq[i] = v;
@@ -85,7 +86,13 @@ impl AdamW {
 
     /// Restores moments written by `state_tensors`; every name must be present with the
     /// parameter's shape.
-    pub fn load_state(&mut self, names: &[String], mut map: HashMap<String, Tensor>, step: u64, device: &Device) -> std::result::Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        names: &[String],
+        mut map: HashMap<String, Tensor>,
+        step: u64,
+        device: &Device,
+    ) -> std::result::Result<(), String> {
         for (i, n) in names.iter().enumerate() {
             for (suffix, slot) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
                 let key = format!("{n}.{suffix}");

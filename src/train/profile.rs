@@ -43,7 +43,8 @@ impl Profiler {
 
     /// Regions by total time, largest first.
     pub fn report(&self) -> Vec<RegionTime> {
-        let mut v: Vec<RegionTime> = self.totals.borrow().iter().map(|(&name, &(seconds, calls))| RegionTime { name, seconds, calls }).collect();
+        let mut v: Vec<RegionTime> =
+            self.totals.borrow().iter().map(|(&name, &(seconds, calls))| RegionTime { name, seconds, calls }).collect();
         v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         v
     }

@@ -69,7 +69,9 @@ impl Reporter {
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total_steps as u64);
             bar.set_style(
-                ProgressStyle::with_template("train [{bar:28}] {pos}/{len} {msg} eta {eta}").expect("valid template").progress_chars("=> "),
+                ProgressStyle::with_template("train [{bar:28}] {pos}/{len} {msg} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             bar.set_position(start_step as u64);
             bar.reset_eta();
@@ -93,14 +95,22 @@ impl Reporter {
         if !self.show {
             return;
         }
-        let (loss, lr, gn, tps) = (m.loss.unwrap_or(f64::NAN), m.lr.unwrap_or(0.0), m.grad_norm.unwrap_or(0.0), m.tokens_per_s.unwrap_or(0.0));
+        let (loss, lr, gn, tps) = (
+            m.loss.unwrap_or(f64::NAN),
+            m.lr.unwrap_or(0.0),
+            m.grad_norm.unwrap_or(0.0),
+            m.tokens_per_s.unwrap_or(0.0),
+        );
         match &self.bar {
             Some(b) => {
                 b.set_position(m.step as u64);
                 b.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
             }
             None if m.step % self.log_every == 0 || m.step == total => {
-                println!("step {:>5}/{total}  loss {loss:.4}  lr {lr:.3e}  grad_norm {gn:.3}  {tps:.0} tok/s  {:.0}s", m.step, m.elapsed_s);
+                println!(
+                    "step {:>5}/{total}  loss {loss:.4}  lr {lr:.3e}  grad_norm {gn:.3}  {tps:.0} tok/s  {:.0}s",
+                    m.step, m.elapsed_s
+                );
             }
             None => {}
         }

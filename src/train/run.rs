@@ -22,11 +22,11 @@ use super::schedule::{Decay, Schedule};
 use super::step::{self, LoraGrads, StepOptions, TrainBatch};
 use crate::config::TrainConfig;
 use crate::data::{BadRecordPolicy, DataFormat};
+use crate::distributed::{self, Backend, ProcessGroup};
 use crate::encode::EncodedExample;
 use crate::lora::{self, LoraSpec, LoraWeights, Target};
 use crate::model::hub::HubOptions;
 use crate::model::{self, Llama, LoadOptions, ModelIdentity, ModelSource};
-use crate::distributed::{self, Backend, ProcessGroup};
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const MANIFEST_FILE: &str = "run.json";
@@ -137,7 +137,14 @@ fn now() -> String {
 
 /// Mean target-token loss of `examples` with the adapter applied. With several ranks each
 /// evaluates its share and the sums are added, so every rank gets the whole set's loss.
-pub fn eval_loss(model: &Llama, lora: &LoraWeights, examples: &[EncodedExample], batch_size: usize, pad: u32, group: &ProcessGroup) -> Result<f64> {
+pub fn eval_loss(
+    model: &Llama,
+    lora: &LoraWeights,
+    examples: &[EncodedExample],
+    batch_size: usize,
+    pad: u32,
+    group: &ProcessGroup,
+) -> Result<f64> {
     let mine = distributed::shard(examples, group.rank, group.world_size);
     let mut sums = [0f64, 0f64];
     if !mine.is_empty() {
@@ -153,7 +160,12 @@ pub fn eval_loss(model: &Llama, lora: &LoraWeights, examples: &[EncodedExample],
 /// The adapter of `lora.init_from`, checked against the run's [lora] section: its rank,
 /// scaling, rsLoRA flag and target modules must be the same (the config stays the one
 /// description of what trains), else the error names each key with both values.
-fn start_adapter(dir: &Path, spec: &LoraSpec, cfg: &crate::model::ModelConfig, device: &candle_core::Device) -> Result<(LoraWeights, WeightFile)> {
+fn start_adapter(
+    dir: &Path,
+    spec: &LoraSpec,
+    cfg: &crate::model::ModelConfig,
+    device: &candle_core::Device,
+) -> Result<(LoraWeights, WeightFile)> {
     let lora = lora::load_adapter(dir, cfg, device).with_context(|| format!("lora.init_from: {}", dir.display()))?;
     let a = &lora.spec;
     let names = |t: &[Target]| t.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ");
@@ -168,7 +180,11 @@ fn start_adapter(dir: &Path, spec: &LoraSpec, cfg: &crate::model::ModelConfig, d
         diffs.push(format!("lora.use_rslora = {} but the adapter has use_rslora = {}", spec.use_rslora, a.use_rslora));
     }
     if a.targets != spec.targets {
-        diffs.push(format!("lora.target_modules = [{}] but the adapter targets [{}]", names(&spec.targets), names(&a.targets)));
+        diffs.push(format!(
+            "lora.target_modules = [{}] but the adapter targets [{}]",
+            names(&spec.targets),
+            names(&a.targets)
+        ));
     }
     if !diffs.is_empty() {
         anyhow::bail!("lora.init_from: {} does not match the [lora] section: {}", dir.display(), diffs.join("; "));
@@ -181,10 +197,17 @@ fn start_adapter(dir: &Path, spec: &LoraSpec, cfg: &crate::model::ModelConfig, d
 }
 
 fn lora_spec(cfg: &TrainConfig) -> LoraSpec {
-    let mut targets: Vec<Target> = cfg.lora.target_modules.iter().map(|n| Target::from_name(n).expect("validated by config")).collect();
+    let mut targets: Vec<Target> =
+        cfg.lora.target_modules.iter().map(|n| Target::from_name(n).expect("validated by config")).collect();
     targets.sort();
     targets.dedup();
-    LoraSpec { r: cfg.lora.r, alpha: cfg.lora.alpha, dropout: cfg.lora.dropout, targets, use_rslora: cfg.lora.use_rslora }
+    LoraSpec {
+        r: cfg.lora.r,
+        alpha: cfg.lora.alpha,
+        dropout: cfg.lora.dropout,
+        targets,
+        use_rslora: cfg.lora.use_rslora,
+    }
 }
 
 /// Files a fresh run writes; `overwrite` removes exactly these.
@@ -203,7 +226,8 @@ const RUN_OUTPUTS: &[&str] = &[
 
 fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     // A folder holding only the lint report of a run the lint refused counts as empty.
-    if dir.exists() && std::fs::read_dir(dir)?.any(|e| e.map_or(true, |e| e.file_name() != super::lint_gate::LINT_FILE)) {
+    if dir.exists() && std::fs::read_dir(dir)?.any(|e| e.map_or(true, |e| e.file_name() != super::lint_gate::LINT_FILE))
+    {
         if !overwrite {
             bail!(
                 "output.dir {} is not empty: continue that run with `loratune train --resume {}`, choose another output.dir, or set output.overwrite = true",
@@ -241,10 +265,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         "auto" => None,
         f => Some(f.parse().map_err(|e| anyhow::anyhow!("data.format: {e}"))?),
     };
-    let policy: BadRecordPolicy = cfg.data.on_bad_record.parse().map_err(|e| anyhow::anyhow!("data.on_bad_record: {e}"))?;
+    let policy: BadRecordPolicy =
+        cfg.data.on_bad_record.parse().map_err(|e| anyhow::anyhow!("data.on_bad_record: {e}"))?;
     let source = ModelSource::parse(&cfg.model.path).with_context(|| format!("model.path {}", cfg.model.path))?;
     let hub = HubOptions::from_env();
-    let tokenizer = model::checkpoint::load_tokenizer(&source, &hub).with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
+    let tokenizer = model::checkpoint::load_tokenizer(&source, &hub)
+        .with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
     // The run folder is prepared first so that the lint report has a place to go.
     if !opts.resume && main {
         prepare_run_dir(&run_dir, cfg.output.overwrite)?;
@@ -254,7 +280,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let mut files = Vec::new();
     let mut per_file = Vec::new();
     for p in &cfg.data.train {
-        let (ex, stats) = batches::encode_file(Path::new(p), "train", format, policy, &tokenizer, cfg.data.max_seq_len)?;
+        let (ex, stats) =
+            batches::encode_file(Path::new(p), "train", format, policy, &tokenizer, cfg.data.max_seq_len)?;
         per_file.push(ex);
         files.push(stats);
     }
@@ -262,7 +289,11 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         Some(weights) => {
             let counts = batches::mix_counts(&per_file.iter().map(Vec::len).collect::<Vec<_>>(), weights);
             for ((stats, &k), w) in files.iter_mut().zip(&counts).zip(weights) {
-                say!("mix     {k} of {} examples from {} (weight {w})", stats.records - stats.without_targets, stats.path.display());
+                say!(
+                    "mix     {k} of {} examples from {} (weight {w})",
+                    stats.records - stats.without_targets,
+                    stats.path.display()
+                );
                 stats.mixed_in = Some(k);
             }
             batches::mix(per_file, &counts, cfg.data.split_seed)
@@ -271,7 +302,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     };
     let (train, eval, eval_set) = match &cfg.data.eval {
         Some(p) => {
-            let (ex, stats) = batches::encode_file(Path::new(p), "eval", format, policy, &tokenizer, cfg.data.max_seq_len)?;
+            let (ex, stats) =
+                batches::encode_file(Path::new(p), "eval", format, policy, &tokenizer, cfg.data.max_seq_len)?;
             files.push(stats);
             (train, ex, "file")
         }
@@ -307,13 +339,18 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         Some(n) => n,
         None => (0..cfg.train.epochs).map(|e| plan.steps_in_epoch(&lens, e)).sum(),
     };
-    let warmup_steps = if cfg.train.warmup_ratio > 0.0 { (cfg.train.warmup_ratio * total_steps as f64).ceil() as usize } else { cfg.train.warmup_steps };
+    let warmup_steps = if cfg.train.warmup_ratio > 0.0 {
+        (cfg.train.warmup_ratio * total_steps as f64).ceil() as usize
+    } else {
+        cfg.train.warmup_steps
+    };
     let decay = match cfg.train.lr_scheduler.as_str() {
         "cosine" => Decay::Cosine,
         "linear" => Decay::Linear,
         _ => Decay::Constant,
     };
-    let schedule = Schedule { peak_lr: cfg.train.lr, warmup_steps, total_steps, decay, min_lr_ratio: cfg.train.min_lr_ratio };
+    let schedule =
+        Schedule { peak_lr: cfg.train.lr, warmup_steps, total_steps, decay, min_lr_ratio: cfg.train.min_lr_ratio };
 
     // The model.
     let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub);
@@ -324,12 +361,23 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             _ => DType::F32,
         };
     }
-    load_opts.quantize = cfg.model.quantize.as_deref().map(|q| crate::model::quantized::Quantize::parse(q).expect("validated by config"));
+    load_opts.quantize = cfg
+        .model
+        .quantize
+        .as_deref()
+        .map(|q| crate::model::quantized::Quantize::parse(q).expect("validated by config"));
     let t0 = Instant::now();
     let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", cfg.model.path))?;
     let model = loaded.model;
     let pad = tokenizer.pad_id.or(tokenizer.eos_id).unwrap_or(0);
-    say!("model   {} ({} parameters, {} on {}, loaded in {:.1}s)", loaded.identity.source, loaded.identity.num_parameters, load_opts.dtype.as_str(), model::device_label(&opts.device), t0.elapsed().as_secs_f64());
+    say!(
+        "model   {} ({} parameters, {} on {}, loaded in {:.1}s)",
+        loaded.identity.source,
+        loaded.identity.num_parameters,
+        load_opts.dtype.as_str(),
+        model::device_label(&opts.device),
+        t0.elapsed().as_secs_f64()
+    );
     let mut weight_files = Vec::new();
     for p in &loaded.identity.weight_files {
         let (sha256, bytes) = batches::sha256_file(p).with_context(|| format!("hashing {}", p.display()))?;
@@ -346,7 +394,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             (lora, Some(file))
         }
     };
-    let adam = AdamWConfig { beta1: cfg.train.adam_beta1, beta2: cfg.train.adam_beta2, eps: cfg.train.adam_eps, weight_decay: cfg.train.weight_decay };
+    let adam = AdamWConfig {
+        beta1: cfg.train.adam_beta1,
+        beta2: cfg.train.adam_beta2,
+        eps: cfg.train.adam_eps,
+        weight_decay: cfg.train.weight_decay,
+    };
     let mut opt = AdamW::new(adam, &lora.tensors())?;
     let mut state = TrainerState {
         step: 0,
@@ -395,7 +448,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         match newest {
             Some((step, dir)) => {
                 let (l, s) = checkpoint::load(&dir, &model.config, &mut opt, &opts.device)?;
-                anyhow::ensure!(l.spec == spec, "{}: the adapter's LoRA settings differ from {}", dir.display(), CONFIG_FILE);
+                anyhow::ensure!(
+                    l.spec == spec,
+                    "{}: the adapter's LoRA settings differ from {}",
+                    dir.display(),
+                    CONFIG_FILE
+                );
                 if s.world_size != group.world_size {
                     bail!(
                         "{}: this run trained with {} rank(s) and is resumed with {}: its steps are batches of {} ranks, so resume it with --gpus {} (or as many ranks in all)",
@@ -475,7 +533,13 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         plan.grad_accum,
         cfg.train.micro_batch_size
     );
-    say!("lora    r={} alpha={} on {} ({} trainable parameters)", spec.r, spec.alpha, cfg.lora.target_modules.join(","), lora.num_parameters());
+    say!(
+        "lora    r={} alpha={} on {} ({} trainable parameters)",
+        spec.r,
+        spec.alpha,
+        cfg.lora.target_modules.join(","),
+        lora.num_parameters()
+    );
 
     let metrics = match main {
         true => Some(MetricsLog::open(&run_dir.join(METRICS_FILE), opts.resume.then_some(state.step))?),
@@ -496,13 +560,23 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         let loss = eval_now(&lora)?;
         state.base_eval = Some(EvalPoint { step: 0, loss });
         state.best_eval = Some(EvalPoint { step: 0, loss });
-        append_metrics(&MetricsLine { step: 0, eval_loss: Some(loss), elapsed_s: elapsed(&state), ..Default::default() })?;
+        append_metrics(&MetricsLine {
+            step: 0,
+            eval_loss: Some(loss),
+            elapsed_s: elapsed(&state),
+            ..Default::default()
+        })?;
         say!("eval    step 0 (base model): loss {loss:.4}");
     }
 
     let reporter = Reporter::new(total_steps, state.step, cfg.train.log_every, main);
     let mut loader = Loader::new(plan, &lens, state.position);
-    let step_opts = StepOptions { gradient_checkpointing: cfg.train.gradient_checkpointing, checkpoint_layers: cfg.train.checkpoint_layers, dropout: cfg.lora.dropout, profiler: None };
+    let step_opts = StepOptions {
+        gradient_checkpointing: cfg.train.gradient_checkpointing,
+        checkpoint_layers: cfg.train.checkpoint_layers,
+        dropout: cfg.lora.dropout,
+        profiler: None,
+    };
     let mut status = RunStatus::Completed;
     let mut last_eval_step = state.evals.last().map(|e| e.step);
     let session_start_step = state.step;
@@ -517,12 +591,21 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             let mut grads = LoraGrads::zeros(&lora)?;
             let (mut nll, mut tokens) = (0f64, 0usize);
             for k in mine {
-                let rows: Vec<Vec<&EncodedExample>> = micro_batches[k].iter().map(|r| r.iter().map(|&i| &train[i]).collect()).collect();
+                let rows: Vec<Vec<&EncodedExample>> =
+                    micro_batches[k].iter().map(|r| r.iter().map(|&i| &train[i]).collect()).collect();
                 let batch = TrainBatch::new(&rows, pad, &opts.device)?;
                 // Dropout draws from a stream of its own per micro-batch, whichever rank runs it.
                 let mut rng = ChaCha8Rng::seed_from_u64(state.rng_seed);
                 rng.set_stream(((state.step as u64) << 20) | k as u64);
-                let s = step::forward_backward(&model, &lora, &batch, 1.0 / step_targets as f64, step_opts, &mut rng, &mut grads)?;
+                let s = step::forward_backward(
+                    &model,
+                    &lora,
+                    &batch,
+                    1.0 / step_targets as f64,
+                    step_opts,
+                    &mut rng,
+                    &mut grads,
+                )?;
                 nll += s.nll_sum;
                 tokens += s.num_tokens;
             }
@@ -535,7 +618,10 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
             let loss = nll / step_targets as f64;
             let grad_norm = optimizer::clip_by_global_norm(&mut g, cfg.train.max_grad_norm)?;
             if !loss.is_finite() || !grad_norm.is_finite() {
-                let last = checkpoint::list(&run_dir).pop().map(|(s, d)| format!("; the last good checkpoint is {} (step {s})", d.display())).unwrap_or_default();
+                let last = checkpoint::list(&run_dir)
+                    .pop()
+                    .map(|(s, d)| format!("; the last good checkpoint is {} (step {s})", d.display()))
+                    .unwrap_or_default();
                 bail!("step {}: the loss is {loss} and the gradient norm {grad_norm}: training diverged (try a lower train.lr or a max_grad_norm){last}", state.step + 1);
             }
             let lr = schedule.lr(state.step);
@@ -557,7 +643,8 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
                 elapsed_s: 0.0,
             };
 
-            let due_eval = !eval.is_empty() && ((cfg.eval.every > 0 && state.step % cfg.eval.every == 0) || state.step == total_steps);
+            let due_eval = !eval.is_empty()
+                && ((cfg.eval.every > 0 && state.step % cfg.eval.every == 0) || state.step == total_steps);
             let mut stop_early = false;
             if due_eval {
                 let loss = eval_now(&lora)?;
@@ -574,10 +661,14 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
                     }
                 } else {
                     state.evals_without_improvement += 1;
-                    stop_early = cfg.eval.early_stopping_patience > 0 && state.evals_without_improvement >= cfg.eval.early_stopping_patience;
+                    stop_early = cfg.eval.early_stopping_patience > 0
+                        && state.evals_without_improvement >= cfg.eval.early_stopping_patience;
                 }
                 let best = state.best_eval.expect("set above");
-                reporter.println(&format!("eval    step {}: loss {loss:.4} (best {:.4} at step {})", state.step, best.loss, best.step));
+                reporter.println(&format!(
+                    "eval    step {}: loss {loss:.4} (best {:.4} at step {})",
+                    state.step, best.loss, best.step
+                ));
             }
             line.elapsed_s = elapsed(&state);
             append_metrics(&line)?;
@@ -639,8 +730,22 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let final_eval = state.evals.last().copied().filter(|e| e.step == state.step);
     if status != RunStatus::Interrupted && main {
         lora::save_adapter(&run_dir, &lora, &base_model_name)?;
-        let extra_stops = if loaded.identity.resolved.is_dir() { crate::generate::generation_config_stop_ids(&loaded.identity.resolved) } else { Vec::new() };
-        let (regression, generation) = base_vs_tuned::check(&model, &lora, &tokenizer, &extra_stops, regression.as_ref(), &eval_prompts, &cfg.eval, pad, &run_dir)?;
+        let extra_stops = if loaded.identity.resolved.is_dir() {
+            crate::generate::generation_config_stop_ids(&loaded.identity.resolved)
+        } else {
+            Vec::new()
+        };
+        let (regression, generation) = base_vs_tuned::check(
+            &model,
+            &lora,
+            &tokenizer,
+            &extra_stops,
+            regression.as_ref(),
+            &eval_prompts,
+            &cfg.eval,
+            pad,
+            &run_dir,
+        )?;
         let report = EvalReport {
             base: state.base_eval,
             best: state.best_eval,
@@ -663,7 +768,12 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     if let (Some(b), Some(f)) = (state.base_eval, final_eval) {
         say!("eval    base {:.4} -> final {:.4} ({:+.1}%)", b.loss, f.loss, 100.0 * (f.loss - b.loss) / b.loss);
     }
-    Ok(RunOutcome { status, run_dir, steps: state.step, base_eval: state.base_eval, best_eval: state.best_eval, final_eval })
+    Ok(RunOutcome {
+        status,
+        run_dir,
+        steps: state.step,
+        base_eval: state.base_eval,
+        best_eval: state.best_eval,
+        final_eval,
+    })
 }
-
-

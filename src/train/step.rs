@@ -93,7 +93,11 @@ impl TrainBatch {
         for bi in 0..b {
             for i in 0..t {
                 let at = bi * t + i;
-                kstart[at] = if segment[at] == 0 || i == 0 || segment[at - 1] != segment[at] { i as u32 } else { kstart[at - 1] };
+                kstart[at] = if segment[at] == 0 || i == 0 || segment[at - 1] != segment[at] {
+                    i as u32
+                } else {
+                    kstart[at - 1]
+                };
             }
         }
         let n = pred_rows.len();
@@ -164,8 +168,10 @@ impl StepContext<'_> {
 }
 
 /// Profile region names of the projections, in `Target::index` order.
-const LINEAR_FWD: [&str; 7] = ["q_proj fwd", "k_proj fwd", "v_proj fwd", "o_proj fwd", "gate_proj fwd", "up_proj fwd", "down_proj fwd"];
-const LINEAR_BWD: [&str; 7] = ["q_proj bwd", "k_proj bwd", "v_proj bwd", "o_proj bwd", "gate_proj bwd", "up_proj bwd", "down_proj bwd"];
+const LINEAR_FWD: [&str; 7] =
+    ["q_proj fwd", "k_proj fwd", "v_proj fwd", "o_proj fwd", "gate_proj fwd", "up_proj fwd", "down_proj fwd"];
+const LINEAR_BWD: [&str; 7] =
+    ["q_proj bwd", "k_proj bwd", "v_proj bwd", "o_proj bwd", "gate_proj bwd", "up_proj bwd", "down_proj bwd"];
 
 /// Per-layer adapter gradients, indexed like `LayerLora::pairs`.
 #[derive(Debug, Clone, Default)]
@@ -193,7 +199,8 @@ impl LoraGrads {
                         // Zeros as stride-0 views of one scalar: no memory until the first
                         // micro-batch's gradients replace them (7B: 64 MiB at r16 qkvo).
                         let zero = Tensor::zeros((), p.a.dtype(), p.a.device())?;
-                        *slot = Some(LoraGrad { a: zero.broadcast_as(p.a.shape())?, b: zero.broadcast_as(p.b.shape())? });
+                        *slot =
+                            Some(LoraGrad { a: zero.broadcast_as(p.a.shape())?, b: zero.broadcast_as(p.b.shape())? });
                     }
                 }
                 Ok(g)
@@ -227,7 +234,14 @@ impl LoraGrads {
 }
 
 /// Dropout masks for one layer, drawn from `seed` so a recomputed layer gets the same ones.
-fn dropout_masks(lora: &LayerLora, cfg: &ModelConfig, rows: usize, p: f64, seed: u64, device: &Device) -> Result<[Option<Tensor>; 7]> {
+fn dropout_masks(
+    lora: &LayerLora,
+    cfg: &ModelConfig,
+    rows: usize,
+    p: f64,
+    seed: u64,
+    device: &Device,
+) -> Result<[Option<Tensor>; 7]> {
     let mut masks: [Option<Tensor>; 7] = Default::default();
     if p <= 0.0 {
         return Ok(masks);
@@ -273,13 +287,16 @@ pub fn layer_forward(
     let mut saved: [Option<LoraSaved>; 7] = Default::default();
     let mut proj = |target: Target, w: &crate::model::llama::Linear, input: &Tensor| -> Result<Tensor> {
         let i = target.index();
-        let (y, s) = timed(ctx.profiler, LINEAR_FWD[i], || ops::lora_linear_forward(input, w, lora.get(target), ctx.scaling, masks[i].as_ref()))?;
+        let (y, s) = timed(ctx.profiler, LINEAR_FWD[i], || {
+            ops::lora_linear_forward(input, w, lora.get(target), ctx.scaling, masks[i].as_ref())
+        })?;
         saved[i] = s;
         Ok(y)
     };
 
     let p = ctx.profiler;
-    let (h_attn, rstd_attn) = timed(p, "rms_norm fwd", || ops::rms_norm_forward(x, &w.input_layernorm, cfg.rms_norm_eps))?;
+    let (h_attn, rstd_attn) =
+        timed(p, "rms_norm fwd", || ops::rms_norm_forward(x, &w.input_layernorm, cfg.rms_norm_eps))?;
     let qp = proj(Target::QProj, &w.self_attn.q_proj, &h_attn)?;
     let kp = proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?;
     let vp = proj(Target::VProj, &w.self_attn.v_proj, &h_attn)?;
@@ -296,7 +313,9 @@ pub fn layer_forward(
     let attn_saved = save.then_some(attn_saved);
     let o = proj(Target::OProj, &w.self_attn.o_proj, &attn)?;
     let attn = save.then_some(attn);
-    let (x_mid, h_mlp, rstd_mlp) = timed(p, "residual add + rms_norm fwd", || ops::add_rms_norm_forward(x, &o, &w.post_attention_layernorm, cfg.rms_norm_eps))?;
+    let (x_mid, h_mlp, rstd_mlp) = timed(p, "residual add + rms_norm fwd", || {
+        ops::add_rms_norm_forward(x, &o, &w.post_attention_layernorm, cfg.rms_norm_eps)
+    })?;
     drop(o);
     let gate = proj(Target::GateProj, &w.mlp.gate_proj, &h_mlp)?;
     let up = proj(Target::UpProj, &w.mlp.up_proj, &h_mlp)?;
@@ -309,7 +328,9 @@ pub fn layer_forward(
     let gate_up = save.then_some((gate, up));
     let down = act.map(|act| proj(Target::DownProj, &w.mlp.down_proj, &act)).transpose()?;
     let out = match (down, mode) {
-        (Some(down), LayerMode::Output | LayerMode::Train) => Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?),
+        (Some(down), LayerMode::Output | LayerMode::Train) => {
+            Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?)
+        }
         _ => None,
     };
     let acts = match (attn_saved, attn, gate_up) {
@@ -334,13 +355,26 @@ pub fn layer_forward(
 
 /// One decoder layer backward. dout: (N, H) -> (dx (N, H), adapter gradients).
 /// Takes the activations by value: each is dropped, or written over, once used.
-pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: LayerActs, dout: &Tensor) -> Result<(Tensor, [Option<LoraGrad>; 7])> {
+pub fn layer_backward(
+    ctx: &StepContext,
+    w: &LayerWeights,
+    lora: &LayerLora,
+    a: LayerActs,
+    dout: &Tensor,
+) -> Result<(Tensor, [Option<LoraGrad>; 7])> {
     let mut grads: [Option<LoraGrad>; 7] = Default::default();
     // `acc`: the input gradient so far of projections sharing this input (summed into).
-    let mut proj_back = |target: Target, w: &crate::model::llama::Linear, dy: &Tensor, input: Option<&Tensor>, acc: Option<Tensor>| -> Result<Tensor> {
+    let mut proj_back = |target: Target,
+                         w: &crate::model::llama::Linear,
+                         dy: &Tensor,
+                         input: Option<&Tensor>,
+                         acc: Option<Tensor>|
+     -> Result<Tensor> {
         let i = target.index();
         let pair = lora.get(target).zip(a.lora[i].as_ref());
-        let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref(), acc))?;
+        let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || {
+            ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref(), acc)
+        })?;
         grads[i] = g;
         Ok(dx)
     };
@@ -360,13 +394,18 @@ pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: 
     let eps = ctx.cfg.rms_norm_eps;
     let h_mlp = match (&a.h_mlp, adapted(Target::GateProj) || adapted(Target::UpProj)) {
         (Some(h), _) => Some(h.clone()),
-        (None, true) => Some(timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x_mid, &w.post_attention_layernorm, eps))?.0),
+        (None, true) => Some(
+            timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x_mid, &w.post_attention_layernorm, eps))?
+                .0,
+        ),
         (None, false) => None,
     };
     let dh_mlp = proj_back(Target::GateProj, &w.mlp.gate_proj, &dgate, h_mlp.as_ref(), None)?;
     let dh_mlp = proj_back(Target::UpProj, &w.mlp.up_proj, &dup, h_mlp.as_ref(), Some(dh_mlp))?;
     drop((dgate, dup, h_mlp));
-    let dx_mid = timed(p, "rms_norm bwd", || ops::rms_norm_backward_add(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp, dout))?;
+    let dx_mid = timed(p, "rms_norm bwd", || {
+        ops::rms_norm_backward_add(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp, dout)
+    })?;
 
     // Attention half: x_mid = x + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x)
     let dattn = proj_back(Target::OProj, &w.self_attn.o_proj, &dx_mid, Some(&a.ctx), None)?;
@@ -377,14 +416,18 @@ pub fn layer_backward(ctx: &StepContext, w: &LayerWeights, lora: &LayerLora, a: 
     drop(dattn);
     let h_attn = match (&a.h_attn, adapted(Target::QProj) || adapted(Target::KProj) || adapted(Target::VProj)) {
         (Some(h), _) => Some(h.clone()),
-        (None, true) => Some(timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x, &w.input_layernorm, eps))?.0),
+        (None, true) => {
+            Some(timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x, &w.input_layernorm, eps))?.0)
+        }
         (None, false) => None,
     };
     let dh_attn = proj_back(Target::QProj, &w.self_attn.q_proj, &dq, h_attn.as_ref(), None)?;
     let dh_attn = proj_back(Target::KProj, &w.self_attn.k_proj, &dk, h_attn.as_ref(), Some(dh_attn))?;
     let dh_attn = proj_back(Target::VProj, &w.self_attn.v_proj, &dv, h_attn.as_ref(), Some(dh_attn))?;
     drop((dq, dk, dv, h_attn));
-    let dx = timed(p, "rms_norm bwd", || ops::rms_norm_backward_add(&dh_attn, &a.x, &w.input_layernorm, &a.rstd_attn, &dx_mid))?;
+    let dx = timed(p, "rms_norm bwd", || {
+        ops::rms_norm_backward_add(&dh_attn, &a.x, &w.input_layernorm, &a.rstd_attn, &dx_mid)
+    })?;
     Ok((dx, grads))
 }
 
@@ -413,9 +456,24 @@ pub struct StepStats {
     pub num_tokens: usize,
 }
 
-fn step_context<'a>(model: &'a Llama, lora: &LoraWeights, batch: &'a TrainBatch, dropout: f64, profiler: Option<&'a Profiler>) -> Result<StepContext<'a>> {
+fn step_context<'a>(
+    model: &'a Llama,
+    lora: &LoraWeights,
+    batch: &'a TrainBatch,
+    dropout: f64,
+    profiler: Option<&'a Profiler>,
+) -> Result<StepContext<'a>> {
     let (cos, sin) = model.rope.cos_sin(&batch.positions, model.dtype())?;
-    Ok(StepContext { cfg: &model.config, batch, cos, sin, shape: batch.shape, scaling: lora.scaling, dropout, profiler })
+    Ok(StepContext {
+        cfg: &model.config,
+        batch,
+        cos,
+        sin,
+        shape: batch.shape,
+        scaling: lora.scaling,
+        dropout,
+        profiler,
+    })
 }
 
 fn embed(model: &Llama, batch: &TrainBatch) -> Result<Tensor> {
@@ -474,9 +532,11 @@ pub fn forward_backward(
     let (nll_sum, mut dx) = timed(profiler, "final norm + lm head + loss", || {
         let rows = x.index_select(&batch.predictor_rows, 0)?; // (n, H)
         let (hn, rstd) = ops::rms_norm_forward(&rows, &model.weights.norm, model.config.rms_norm_eps)?;
-        let (nll_sum, dhn) = ops::cross_entropy_forward_backward(&hn, &model.weights.lm_head, &batch.labels, loss_scale)?;
+        let (nll_sum, dhn) =
+            ops::cross_entropy_forward_backward(&hn, &model.weights.lm_head, &batch.labels, loss_scale)?;
         let drows = ops::rms_norm_backward(&dhn, &rows, &model.weights.norm, &rstd)?;
-        Ok((nll_sum, x.zeros_like()?.index_add(&batch.predictor_rows, &drows, 0)?)) // dx: (N, H)
+        Ok((nll_sum, x.zeros_like()?.index_add(&batch.predictor_rows, &drows, 0)?))
+        // dx: (N, H)
     })?;
     drop(x);
 
@@ -485,7 +545,9 @@ pub fn forward_backward(
         let acts = match (saved[l].take(), &inputs) {
             (Some(a), _) => a,
             (None, Some(inputs)) => {
-                layer_forward(&ctx, w, &lora.layers[l], &inputs.get(l)?, seeds[l], LayerMode::Recompute)?.1.expect("saved when asked")
+                layer_forward(&ctx, w, &lora.layers[l], &inputs.get(l)?, seeds[l], LayerMode::Recompute)?
+                    .1
+                    .expect("saved when asked")
             }
             (None, None) => unreachable!("a layer keeps its activations or its input"),
         };
@@ -525,4 +587,3 @@ pub fn layer_acts_bytes(a: &LayerActs) -> usize {
     ts.extend(a.masks.iter().flatten());
     ts.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
 }
-

@@ -54,11 +54,18 @@ fn analytic(model: &Llama, lora: &LoraWeights, batch: &TrainBatch, checkpointing
 }
 
 /// With `checkpoint_layers`: only that many leading layers are recomputed.
-fn analytic_checkpointing(model: &Llama, lora: &LoraWeights, batch: &TrainBatch, checkpointing: bool, checkpoint_layers: Option<usize>) -> (f64, Vec<Tensor>) {
+fn analytic_checkpointing(
+    model: &Llama,
+    lora: &LoraWeights,
+    batch: &TrainBatch,
+    checkpointing: bool,
+    checkpoint_layers: Option<usize>,
+) -> (f64, Vec<Tensor>) {
     let mut grads = LoraGrads::zeros(lora).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let opts = StepOptions { gradient_checkpointing: checkpointing, checkpoint_layers, dropout: 0.0, profiler: None };
-    let stats = forward_backward(model, lora, batch, 1.0 / batch.num_targets as f64, opts, &mut rng, &mut grads).unwrap();
+    let stats =
+        forward_backward(model, lora, batch, 1.0 / batch.num_targets as f64, opts, &mut rng, &mut grads).unwrap();
     (stats.nll_sum / batch.num_targets as f64, grads.tensors())
 }
 
@@ -85,7 +92,8 @@ fn check_finite_differences(preset_name: &str) {
         let gv = flat(g);
         let gnorm = gv.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         assert!(gnorm > 1e-4, "{}: gradient is {gnorm}", names[i]);
-        let mut dir: Vec<f64> = gv.iter().map(|&x| x as f64 / gnorm + rng.gen_range(-1.0..1.0) / (gv.len() as f64).sqrt()).collect();
+        let mut dir: Vec<f64> =
+            gv.iter().map(|&x| x as f64 / gnorm + rng.gen_range(-1.0..1.0) / (gv.len() as f64).sqrt()).collect();
         let dn = dir.iter().map(|x| x * x).sum::<f64>().sqrt();
         dir.iter_mut().for_each(|x| *x /= dn);
         let predicted: f64 = gv.iter().zip(&dir).map(|(g, d)| *g as f64 * d).sum();
@@ -101,7 +109,11 @@ fn check_finite_differences(preset_name: &str) {
         let fd = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps);
         let err = (fd - predicted).abs();
         worst = worst.max(err / predicted.abs());
-        assert!(err < 2e-4 + 1e-2 * predicted.abs(), "{preset_name} {}: analytic {predicted:.6e}, finite difference {fd:.6e}", names[i]);
+        assert!(
+            err < 2e-4 + 1e-2 * predicted.abs(),
+            "{preset_name} {}: analytic {predicted:.6e}, finite difference {fd:.6e}",
+            names[i]
+        );
     }
     eprintln!("{preset_name}: {} tensors, worst relative difference {worst:.2e}", grads.len());
 }
@@ -141,18 +153,25 @@ fn autograd_loss(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Tenso
     let mut x = model.weights.embed_tokens.index_select(&batch.input_ids.flatten_all().unwrap(), 0).unwrap();
     for (l, w) in model.weights.layers.iter().enumerate() {
         let h = rms_norm(&x, &w.input_layernorm, cfg.rms_norm_eps).unwrap();
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let heads =
+            |y: Tensor, n: usize| y.reshape((b, t, n, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
         let q = apply_rope(&heads(lin(&h, &w.self_attn.q_proj, l, Target::QProj), nh), &cos, &sin).unwrap();
         let k = apply_rope(&heads(lin(&h, &w.self_attn.k_proj, l, Target::KProj), nkv), &cos, &sin).unwrap();
         let v = heads(lin(&h, &w.self_attn.v_proj, l, Target::VProj), nkv);
         let k = repeat_kv(&k, nh / nkv).unwrap();
         let v = repeat_kv(&v, nh / nkv).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap().broadcast_add(batch.bias().unwrap()).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt())
+            .unwrap()
+            .broadcast_add(batch.bias().unwrap())
+            .unwrap();
         let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
-        let ctx = probs.matmul(&v).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((b * t, nh * d)).unwrap();
+        let ctx =
+            probs.matmul(&v).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((b * t, nh * d)).unwrap();
         x = (x + lin(&ctx, &w.self_attn.o_proj, l, Target::OProj)).unwrap();
         let h = rms_norm(&x, &w.post_attention_layernorm, cfg.rms_norm_eps).unwrap();
-        let a = (lin(&h, &w.mlp.gate_proj, l, Target::GateProj).silu().unwrap() * lin(&h, &w.mlp.up_proj, l, Target::UpProj)).unwrap();
+        let a = (lin(&h, &w.mlp.gate_proj, l, Target::GateProj).silu().unwrap()
+            * lin(&h, &w.mlp.up_proj, l, Target::UpProj))
+        .unwrap();
         x = (x + lin(&a, &w.mlp.down_proj, l, Target::DownProj)).unwrap();
     }
     let rows = x.index_select(&batch.predictor_rows, 0).unwrap();
@@ -196,7 +215,8 @@ fn gradients_match_candle_autograd_with_and_without_checkpointing() {
 fn packing_does_not_change_an_examples_loss() {
     let cfg = preset("tiny").unwrap();
     let model = random_model(&cfg, 3, 0.15, &Device::Cpu).unwrap();
-    let spec = LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Target::QProj, Target::VProj], use_rslora: false };
+    let spec =
+        LoraSpec { r: 2, alpha: 4.0, dropout: 0.0, targets: vec![Target::QProj, Target::VProj], use_rslora: false };
     let lora = LoraWeights::init(&spec, &cfg, 5, &Device::Cpu).unwrap();
     let (e1, e2) = (example(7, 1, cfg.vocab_size), example(12, 2, cfg.vocab_size));
     let packed = TrainBatch::new(&[vec![&e1, &e2]], 0, &Device::Cpu).unwrap();

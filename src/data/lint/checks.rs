@@ -160,7 +160,13 @@ mod tests {
 
     #[test]
     fn empty_answers_are_found_per_turn() {
-        let r = conv(&[(Role::User, "q"), (Role::Assistant, " \n\t"), (Role::User, ""), (Role::Assistant, "ok"), (Role::Assistant, "")]);
+        let r = conv(&[
+            (Role::User, "q"),
+            (Role::Assistant, " \n\t"),
+            (Role::User, ""),
+            (Role::Assistant, "ok"),
+            (Role::Assistant, ""),
+        ]);
         assert_eq!(empty_answers(&r), vec![1, 4]);
         assert_eq!(empty_answers(&Record::PromptCompletion { prompt: "p".into(), completion: "  ".into() }), vec![1]);
         assert!(empty_answers(&Record::PromptCompletion { prompt: "".into(), completion: "c".into() }).is_empty());
@@ -171,12 +177,25 @@ mod tests {
     #[test]
     fn turn_order_problems() {
         use TurnOrderProblem::*;
-        let ok = conv(&[(Role::System, "s"), (Role::User, "u"), (Role::Assistant, "a"), (Role::User, "u"), (Role::Assistant, "a")]);
+        let ok = conv(&[
+            (Role::System, "s"),
+            (Role::User, "u"),
+            (Role::Assistant, "a"),
+            (Role::User, "u"),
+            (Role::Assistant, "a"),
+        ]);
         assert!(turn_order(&ok).is_empty());
         assert_eq!(turn_order(&conv(&[(Role::Assistant, "a")])), vec![(0, AssistantFirst)]);
         assert_eq!(turn_order(&conv(&[(Role::System, "s"), (Role::Assistant, "a")])), vec![(1, AssistantFirst)]);
         assert_eq!(
-            turn_order(&conv(&[(Role::User, "u"), (Role::User, "u"), (Role::Assistant, "a"), (Role::Assistant, "a"), (Role::System, "s"), (Role::User, "u")])),
+            turn_order(&conv(&[
+                (Role::User, "u"),
+                (Role::User, "u"),
+                (Role::Assistant, "a"),
+                (Role::Assistant, "a"),
+                (Role::System, "s"),
+                (Role::User, "u")
+            ])),
             vec![(1, ConsecutiveUser), (3, ConsecutiveAssistant), (4, SystemNotFirst), (5, EndsWithUser)]
         );
         assert!(SystemNotFirst.is_error() && !ConsecutiveUser.is_error() && !AssistantFirst.is_error());

@@ -45,7 +45,12 @@ pub fn dedup(input: &Path, output: &Path, opts: &DedupOptions) -> Result<DedupOu
         }
     }
     let line_of = |set: &BTreeSet<usize>| -> Vec<usize> { set.iter().map(|&i| ds.examples[i].line).collect() };
-    let outcome = DedupOutcome { lines: ds.lines_read, exact: line_of(&exact), near: line_of(&near), bad_records: ds.skipped.len() };
+    let outcome = DedupOutcome {
+        lines: ds.lines_read,
+        exact: line_of(&exact),
+        near: line_of(&near),
+        bad_records: ds.skipped.len(),
+    };
 
     let bytes = std::fs::read(input).map_err(|e| DedupError::Io(format!("reading {}: {e}", input.display())))?;
     let removed: BTreeSet<usize> = outcome.exact.iter().chain(&outcome.near).copied().collect();
@@ -55,7 +60,8 @@ pub fn dedup(input: &Path, output: &Path, opts: &DedupOptions) -> Result<DedupOu
             kept.extend_from_slice(line);
         }
     }
-    crate::atomic::write_bytes(output, &kept).map_err(|e| DedupError::Io(format!("writing {}: {e}", output.display())))?;
+    crate::atomic::write_bytes(output, &kept)
+        .map_err(|e| DedupError::Io(format!("writing {}: {e}", output.display())))?;
     Ok(outcome)
 }
 

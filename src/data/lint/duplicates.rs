@@ -70,9 +70,15 @@ impl NearSearch {
     /// Pairs among `candidates` (record indices) whose shingle sets have Jaccard >=
     /// threshold, sorted. `skip(a, b)` drops pairs the caller already knows about (exact
     /// twins) before they are verified.
-    pub fn pairs(&self, records: &[&Record], candidates: &[usize], skip: impl Fn(usize, usize) -> bool + Sync) -> Vec<NearPair> {
+    pub fn pairs(
+        &self,
+        records: &[&Record],
+        candidates: &[usize],
+        skip: impl Fn(usize, usize) -> bool + Sync,
+    ) -> Vec<NearPair> {
         let hasher = MinHasher::new(NUM_PERM, MINHASH_SEED);
-        let signatures: Vec<Option<Vec<u32>>> = candidates.par_iter().map(|&i| hasher.signature(&self.shingles(records[i]))).collect();
+        let signatures: Vec<Option<Vec<u32>>> =
+            candidates.par_iter().map(|&i| hasher.signature(&self.shingles(records[i]))).collect();
         // A pair whose signatures agree far less than the threshold is dropped before the
         // exact check: 0.2 below is over five standard errors of a 128-hash estimate.
         let floor = self.threshold - 0.2;
@@ -142,7 +148,12 @@ pub fn clusters(pairs: &[NearPair]) -> Vec<Cluster> {
         let r = find(&mut parent, x);
         by_root
             .entry(r)
-            .or_insert_with(|| Cluster { members: Vec::new(), links: Vec::new(), jaccard_min: f64::INFINITY, jaccard_max: 0.0 })
+            .or_insert_with(|| Cluster {
+                members: Vec::new(),
+                links: Vec::new(),
+                jaccard_min: f64::INFINITY,
+                jaccard_max: 0.0,
+            })
             .members
             .push(x);
     }

@@ -112,7 +112,12 @@ struct ExampleFacts {
 
 /// Lints the training files (together, as one training set) and the eval file. Only a
 /// file that cannot be opened or read is an `Err`; everything else is a finding.
-pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer>, opts: &LintOptions) -> Result<LintReport, DataError> {
+pub fn lint(
+    train: &[PathBuf],
+    eval: Option<&Path>,
+    tokenizer: Option<&Tokenizer>,
+    opts: &LintOptions,
+) -> Result<LintReport, DataError> {
     let mut report = LintReport {
         version: REPORT_VERSION,
         options: ReportOptions {
@@ -143,28 +148,49 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
     (report.options.lsh_bands, report.options.lsh_rows) = (lsh.bands, lsh.rows);
 
     // Read every file, keeping its bad lines as findings.
-    let inputs: Vec<(&Path, Role)> = train.iter().map(|p| (p.as_path(), Role::Train)).chain(eval.map(|p| (p, Role::Eval))).collect();
+    let inputs: Vec<(&Path, Role)> =
+        train.iter().map(|p| (p.as_path(), Role::Train)).chain(eval.map(|p| (p, Role::Eval))).collect();
     let bad_severity = opts.severity(opts.bad_records == BadRecordPolicy::Error);
     let mut datasets: Vec<Option<Dataset>> = Vec::new();
     for &(path, role) in &inputs {
         let name = path.display().to_string();
-        let mut file = FileReport { path: name.clone(), role, format: None, lines: 0, examples: 0, bad_records: 0, stats: Stats::default() };
-        let mut bad = |e: &DataError| Problem { severity: bad_severity, file: name.clone(), line: e.line(), reason: e.reason() };
+        let mut file = FileReport {
+            path: name.clone(),
+            role,
+            format: None,
+            lines: 0,
+            examples: 0,
+            bad_records: 0,
+            stats: Stats::default(),
+        };
+        let mut bad =
+            |e: &DataError| Problem { severity: bad_severity, file: name.clone(), line: e.line(), reason: e.reason() };
         match read_jsonl(path, opts.format, BadRecordPolicy::Skip) {
             Ok(ds) => {
                 report.bad_records.extend(ds.skipped.iter().map(&mut bad));
-                (file.format, file.lines, file.examples, file.bad_records) = (Some(ds.format.to_string()), ds.lines_read, ds.len(), ds.skipped.len());
+                (file.format, file.lines, file.examples, file.bad_records) =
+                    (Some(ds.format.to_string()), ds.lines_read, ds.len(), ds.skipped.len());
                 datasets.push(Some(ds));
             }
             Err(e @ (DataError::Open { .. } | DataError::Read { .. })) => return Err(e),
             Err(DataError::AllBad { skipped, .. }) => {
                 report.bad_records.extend(skipped.iter().map(&mut bad));
                 file.bad_records = skipped.len();
-                report.file_errors.push(Problem { severity: Severity::Error, file: name.clone(), line: None, reason: "no usable records: every record is bad".into() });
+                report.file_errors.push(Problem {
+                    severity: Severity::Error,
+                    file: name.clone(),
+                    line: None,
+                    reason: "no usable records: every record is bad".into(),
+                });
                 datasets.push(None);
             }
             Err(e) => {
-                report.file_errors.push(Problem { severity: Severity::Error, file: name.clone(), line: e.line(), reason: e.reason() });
+                report.file_errors.push(Problem {
+                    severity: Severity::Error,
+                    file: name.clone(),
+                    line: e.line(),
+                    reason: e.reason(),
+                });
                 datasets.push(None);
             }
         }
@@ -175,7 +201,9 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
         .zip(&inputs)
         .enumerate()
         .filter_map(|(f, (ds, &(_, role)))| ds.as_ref().map(|ds| (f, ds, role)))
-        .flat_map(|(f, ds, role)| ds.examples.iter().map(move |e| Item { role, file: f, line: e.line, record: &e.record }))
+        .flat_map(|(f, ds, role)| {
+            ds.examples.iter().map(move |e| Item { role, file: f, line: e.line, record: &e.record })
+        })
         .collect();
     let names: Vec<String> = report.files.iter().map(|f| f.path.clone()).collect();
     let loc = |i: usize| Location { file: names[items[i].file].clone(), line: items[i].line };
@@ -202,7 +230,13 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
             empty_answers.push(EmptyAnswer { severity: Severity::Error, file: at.file.clone(), line: at.line, turn });
         }
         for &(turn, problem) in &f.turn_order {
-            turn_order.push(TurnOrder { severity: opts.severity(problem.is_error()), file: at.file.clone(), line: at.line, turn, problem });
+            turn_order.push(TurnOrder {
+                severity: opts.severity(problem.is_error()),
+                file: at.file.clone(),
+                line: at.line,
+                turn,
+                problem,
+            });
         }
         match &f.tokens {
             Some(Ok(c)) if c.tokens > opts.max_seq_len => truncated.push(Truncated {
@@ -214,13 +248,19 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
                 targets: c.targets,
                 targets_kept: c.targets_kept,
             }),
-            Some(Err(reason)) => unencodable.push(Problem { severity: Severity::Error, file: at.file.clone(), line: Some(at.line), reason: reason.clone() }),
+            Some(Err(reason)) => unencodable.push(Problem {
+                severity: Severity::Error,
+                file: at.file.clone(),
+                line: Some(at.line),
+                reason: reason.clone(),
+            }),
             _ => {}
         }
     }
     for (f, file) in report.files.iter_mut().enumerate() {
         let of = |get: &dyn Fn(&ExampleFacts) -> Option<usize>| -> Option<Distribution> {
-            let v: Vec<usize> = items.iter().zip(&facts).filter(|(it, _)| it.file == f).filter_map(|(_, x)| get(x)).collect();
+            let v: Vec<usize> =
+                items.iter().zip(&facts).filter(|(it, _)| it.file == f).filter_map(|(_, x)| get(x)).collect();
             Distribution::of(&v)
         };
         file.stats = Stats {
@@ -253,7 +293,8 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
     let mut leakage = Vec::new();
     for (i, _) in items.iter().enumerate().filter(|(_, it)| it.role == Role::Eval) {
         if let Some(train) = members.get(&(group[i], Role::Train)) {
-            let train = train.iter().map(|&t| TrainMatch { file: loc(t).file, line: items[t].line, jaccard: 1.0 }).collect();
+            let train =
+                train.iter().map(|&t| TrainMatch { file: loc(t).file, line: items[t].line, jaccard: 1.0 }).collect();
             leakage.push(Leakage { severity: Severity::Error, kind: LeakKind::Exact, eval: loc(i), train });
         }
     }
@@ -278,14 +319,20 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
         let (e, t) = if items[p.a].role == Role::Eval { (p.a, p.b) } else { (p.b, p.a) };
         // The eval representative and its exact copies in eval all leak.
         for &copy in &members[&(group[e], Role::Eval)] {
-            near_leaks.entry(copy).or_default().push(TrainMatch { file: loc(t).file, line: items[t].line, jaccard: p.jaccard });
+            near_leaks.entry(copy).or_default().push(TrainMatch {
+                file: loc(t).file,
+                line: items[t].line,
+                jaccard: p.jaccard,
+            });
         }
     }
     for (e, mut train) in near_leaks {
         train.sort_by(|x, y| y.jaccard.total_cmp(&x.jaccard).then((&x.file, x.line).cmp(&(&y.file, y.line))));
         leakage.push(Leakage { severity: opts.severity(false), kind: LeakKind::Near, eval: loc(e), train });
     }
-    leakage.sort_by(|a, b| (&a.eval.file, a.eval.line).cmp(&(&b.eval.file, b.eval.line)).then((a.kind as u8).cmp(&(b.kind as u8))));
+    leakage.sort_by(|a, b| {
+        (&a.eval.file, a.eval.line).cmp(&(&b.eval.file, b.eval.line)).then((a.kind as u8).cmp(&(b.kind as u8)))
+    });
 
     report.conflicts = conflicts(&items, opts, loc);
     report.empty_answers = empty_answers;
@@ -302,7 +349,9 @@ pub fn lint(train: &[PathBuf], eval: Option<&Path>, tokenizer: Option<&Tokenizer
 fn conflicts(items: &[Item], opts: &LintOptions, loc: &dyn Fn(usize) -> Location) -> Vec<Conflict> {
     let keys: Vec<Option<(u64, u64)>> = items
         .par_iter()
-        .map(|it| normalize::prompt_and_answer(it.record).map(|(p, a)| (duplicates::hash_str(&p), duplicates::hash_str(&a))))
+        .map(|it| {
+            normalize::prompt_and_answer(it.record).map(|(p, a)| (duplicates::hash_str(&p), duplicates::hash_str(&a)))
+        })
         .collect();
     let mut by_prompt: HashMap<(Role, u64), Vec<usize>> = HashMap::new();
     for (i, k) in keys.iter().enumerate() {
@@ -316,7 +365,8 @@ fn conflicts(items: &[Item], opts: &LintOptions, loc: &dyn Fn(usize) -> Location
         if answers.len() < 2 {
             continue;
         }
-        let texts: Vec<(String, String)> = group.iter().map(|&i| normalize::prompt_and_answer(items[i].record).expect("keyed")).collect();
+        let texts: Vec<(String, String)> =
+            group.iter().map(|&i| normalize::prompt_and_answer(items[i].record).expect("keyed")).collect();
         // Within one hash group, split by the actual prompt text, then by answer.
         let mut done = vec![false; group.len()];
         for n in 0..group.len() {

@@ -59,7 +59,8 @@ pub fn prompt_and_answer(record: &Record) -> Option<(String, String)> {
     match record {
         Record::Conversation(messages) => {
             let last = messages.iter().rposition(|m| m.role == crate::chat::Role::Assistant)?;
-            let prompt: Vec<(&str, &str)> = messages[..last].iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+            let prompt: Vec<(&str, &str)> =
+                messages[..last].iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
             Some((join(&prompt), fold(&messages[last].content)))
         }
         Record::PromptCompletion { prompt, completion } => Some((fold(prompt), fold(completion))),
@@ -103,7 +104,10 @@ mod tests {
         assert_ne!(exact_key(&d), exact_key(&e));
         let f = conv(&[(Role::Assistant, "Hi there"), (Role::Assistant, "Hello")]);
         assert_ne!(exact_key(&e), exact_key(&f));
-        assert_ne!(exact_key(&Record::Text("x".into())), exact_key(&Record::PromptCompletion { prompt: "x".into(), completion: String::new() }));
+        assert_ne!(
+            exact_key(&Record::Text("x".into())),
+            exact_key(&Record::PromptCompletion { prompt: "x".into(), completion: String::new() })
+        );
     }
 
     #[test]

@@ -259,14 +259,47 @@ impl LintReport {
             Some(l) => format!("{file}:{l}"),
             None => file.to_string(),
         };
-        section("file errors".into(), s.file_errors, self.file_errors.iter().map(|p| format!("{}: {}: {}", sev(p.severity), at(&p.file, p.line), p.reason)).collect());
-        section("bad records".into(), s.bad_records, self.bad_records.iter().map(|p| format!("{}: {}: {}", sev(p.severity), at(&p.file, p.line), p.reason)).collect());
-        section("unencodable".into(), s.unencodable.unwrap_or(0), self.unencodable.iter().map(|p| format!("{}: {}: {}", sev(p.severity), at(&p.file, p.line), p.reason)).collect());
-        section("empty answers".into(), s.empty_answers, self.empty_answers.iter().map(|e| format!("{}: {}:{}: turn {} is empty", sev(e.severity), e.file, e.line, e.turn)).collect());
+        section(
+            "file errors".into(),
+            s.file_errors,
+            self.file_errors
+                .iter()
+                .map(|p| format!("{}: {}: {}", sev(p.severity), at(&p.file, p.line), p.reason))
+                .collect(),
+        );
+        section(
+            "bad records".into(),
+            s.bad_records,
+            self.bad_records
+                .iter()
+                .map(|p| format!("{}: {}: {}", sev(p.severity), at(&p.file, p.line), p.reason))
+                .collect(),
+        );
+        section(
+            "unencodable".into(),
+            s.unencodable.unwrap_or(0),
+            self.unencodable
+                .iter()
+                .map(|p| format!("{}: {}: {}", sev(p.severity), at(&p.file, p.line), p.reason))
+                .collect(),
+        );
+        section(
+            "empty answers".into(),
+            s.empty_answers,
+            self.empty_answers
+                .iter()
+                .map(|e| format!("{}: {}:{}: turn {} is empty", sev(e.severity), e.file, e.line, e.turn))
+                .collect(),
+        );
         section(
             "turn order".into(),
             s.turn_order,
-            self.turn_order.iter().map(|t| format!("{}: {}:{}: turn {}: {}", sev(t.severity), t.file, t.line, t.turn, t.problem.describe())).collect(),
+            self.turn_order
+                .iter()
+                .map(|t| {
+                    format!("{}: {}:{}: turn {}: {}", sev(t.severity), t.file, t.line, t.turn, t.problem.describe())
+                })
+                .collect(),
         );
         section(
             "train/eval leakage".into(),
@@ -275,18 +308,29 @@ impl LintReport {
                 .iter()
                 .map(|l| {
                     let train: Vec<String> = l.train.iter().take(3).map(|t| format!("{}:{}", t.file, t.line)).collect();
-                    let more = if l.train.len() > 3 { format!(" and {} more", l.train.len() - 3) } else { String::new() };
+                    let more =
+                        if l.train.len() > 3 { format!(" and {} more", l.train.len() - 3) } else { String::new() };
                     let kind = match l.kind {
                         LeakKind::Exact => "is an exact duplicate of".to_string(),
-                        LeakKind::Near => format!("is a near duplicate (J {:.2}) of", l.train.iter().map(|t| t.jaccard).fold(0.0, f64::max)),
+                        LeakKind::Near => format!(
+                            "is a near duplicate (J {:.2}) of",
+                            l.train.iter().map(|t| t.jaccard).fold(0.0, f64::max)
+                        ),
                     };
                     format!("{}: {} {kind} {}{more}", sev(l.severity), l.eval, train.join(", "))
                 })
                 .collect(),
         );
-        section(format!("exact duplicate clusters ({} extra lines)", s.exact_duplicate_lines), s.exact_duplicate_clusters, self.exact_duplicates.iter().map(|c| cluster_line(sev(c.severity), c, false)).collect());
         section(
-            format!("near duplicate clusters, J >= {} ({} extra lines)", self.options.threshold, s.near_duplicate_lines),
+            format!("exact duplicate clusters ({} extra lines)", s.exact_duplicate_lines),
+            s.exact_duplicate_clusters,
+            self.exact_duplicates.iter().map(|c| cluster_line(sev(c.severity), c, false)).collect(),
+        );
+        section(
+            format!(
+                "near duplicate clusters, J >= {} ({} extra lines)",
+                self.options.threshold, s.near_duplicate_lines
+            ),
             s.near_duplicate_clusters,
             self.near_duplicates.iter().map(|c| cluster_line(sev(c.severity), c, true)).collect(),
         );
@@ -297,15 +341,38 @@ impl LintReport {
                 .iter()
                 .map(|c| {
                     let groups: Vec<String> = c.answers.iter().map(|g| lines_of(g)).collect();
-                    format!("{}: {:?}: {} answers: {}", sev(c.severity), c.prompt_preview, c.answers.len(), groups.join(" | "))
+                    format!(
+                        "{}: {:?}: {} answers: {}",
+                        sev(c.severity),
+                        c.prompt_preview,
+                        c.answers.len(),
+                        groups.join(" | ")
+                    )
                 })
                 .collect(),
         );
         match s.truncated {
             Some(n) => section(
-                format!("truncated to max_seq_len {} ({} left without targets)", self.options.max_seq_len, s.without_targets.unwrap_or(0)),
+                format!(
+                    "truncated to max_seq_len {} ({} left without targets)",
+                    self.options.max_seq_len,
+                    s.without_targets.unwrap_or(0)
+                ),
                 n,
-                self.truncated.iter().map(|t| format!("{}: {}:{}: {} tokens, {} of {} target tokens kept", sev(t.severity), t.file, t.line, t.tokens, t.targets_kept, t.targets)).collect(),
+                self.truncated
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{}: {}:{}: {} tokens, {} of {} target tokens kept",
+                            sev(t.severity),
+                            t.file,
+                            t.line,
+                            t.tokens,
+                            t.targets_kept,
+                            t.targets
+                        )
+                    })
+                    .collect(),
             ),
             None => line("  truncation: not checked (give --model to count tokens)".into()),
         }
@@ -356,7 +423,11 @@ fn lines_of(locs: &[Location]) -> String {
 
 fn cluster_line(sev: &str, c: &DuplicateCluster, near: bool) -> String {
     if near {
-        let j = if c.jaccard_min == c.jaccard_max { format!("J {:.2}", c.jaccard_min) } else { format!("J {:.2}-{:.2}", c.jaccard_min, c.jaccard_max) };
+        let j = if c.jaccard_min == c.jaccard_max {
+            format!("J {:.2}", c.jaccard_min)
+        } else {
+            format!("J {:.2}-{:.2}", c.jaccard_min, c.jaccard_max)
+        };
         format!("{sev}: {} ({j})", lines_of(&c.members))
     } else {
         format!("{sev}: {}", lines_of(&c.members))
