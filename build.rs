@@ -1,5 +1,5 @@
 //! Records the git commit loratune is built from, for run manifests; with the `cuda`
-//! feature, also compiles the kernels in src/cuda/*.cu to PTX (nvcc, through cudaforge)
+//! feature, also compiles the kernels in src/kernels/cuda/*.cu to PTX (nvcc, through cudaforge)
 //! into $OUT_DIR/cuda_ptx.rs, one `pub const NAME: &str` per file.
 fn main() {
     let commit = std::process::Command::new("git")
@@ -26,14 +26,14 @@ fn main() {
 #[cfg(feature = "cuda")]
 mod cuda {
     pub fn build_ptx() {
-        println!("cargo:rerun-if-changed=src/cuda");
+        println!("cargo:rerun-if-changed=src/kernels/cuda");
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
         let ptx = cudaforge::KernelBuilder::new()
-            .source_dir("src/cuda")
+            .source_dir("src/kernels/cuda")
             .arg("-std=c++17")
             .arg("-O3")
             .build_ptx()
-            .expect("nvcc failed on src/cuda (see the messages above)");
+            .expect("nvcc failed on src/kernels/cuda (see the messages above)");
         ptx.write(out.join("cuda_ptx.rs")).expect("writing cuda_ptx.rs");
     }
 }

@@ -1,6 +1,7 @@
 //! Atomic file writes: write a temporary file in the destination folder, flush it to disk,
 //! then rename it over the destination. A reader never sees a half-written file, and an
-//! interrupted write leaves the previous version intact.
+//! interrupted write leaves the previous version intact. Every file loratune writes goes
+//! through here.
 
 use std::io::Write;
 use std::path::Path;
@@ -24,6 +25,15 @@ pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>)
 
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, |tmp| std::fs::File::create(tmp)?.write_all(bytes))
+}
+
+/// `value` as pretty-printed JSON with a closing newline: every JSON file loratune writes of
+/// its own (run.json, eval.json, trainer_state.json, lint.json, compare.json, a merged
+/// model's config and index). PEFT's adapter_config.json keeps PEFT's own layout
+/// (`lora::peft_format`).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)? + "\n";
+    write_bytes(path, text.as_bytes())
 }
 
 #[cfg(test)]

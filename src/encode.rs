@@ -7,6 +7,7 @@
 //!   before i, with the generation prompt) and "conversation up to turn i", up to and
 //!   including the end-of-turn (EOS) token, but not the separator after it.
 //! - prompt/completion: plain text, no template; targets are the completion and an EOS.
+//!
 //! Position 0 is never a target (nothing predicts the first token).
 
 use crate::chat::{Message, Role};

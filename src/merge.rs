@@ -132,7 +132,7 @@ pub fn merge(
     )?;
 
     let weights = adapter_dir.join(lora::ADAPTER_WEIGHTS_FILE);
-    let (adapter_sha256, _) = crate::train::batches::sha256_file(&weights).map_err(|e| LoadError::io(&weights, e))?;
+    let (adapter_sha256, _) = crate::digest::sha256_file(&weights).map_err(|e| LoadError::io(&weights, e))?;
     let record = MergeRecord {
         loratune_version: env!("CARGO_PKG_VERSION"),
         git_commit: option_env!("LORATUNE_GIT_COMMIT").unwrap_or("unknown"),

@@ -12,10 +12,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use loratune::encode::EncodedExample;
+use loratune::kernels::cuda as ck;
 use loratune::lora::{LoraSpec, LoraWeights, Target};
 use loratune::model::init::{preset, random_model_as};
 use loratune::model::ModelConfig;
-use loratune::train::cuda_kernels as ck;
 use loratune::train::ops::{self, AttnShape};
 use loratune::train::optimizer::{AdamW, AdamWConfig};
 use loratune::train::step::{forward_backward, LoraGrads, StepOptions, TrainBatch};

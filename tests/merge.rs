@@ -199,7 +199,7 @@ fn transformers_loads_the_merged_folder_with_peft_merge_loss() {
     let fixture = common::fixture("merged_tiny_rslora.json");
     // Byte equality with the file transformers loaded holds where the CPU rounds B·A as it did
     // here; the loss below is the check that matters, so a difference is only reported.
-    let (sha, _) = loratune::train::batches::sha256_file(&out.join("model.safetensors")).unwrap();
+    let (sha, _) = loratune::digest::sha256_file(&out.join("model.safetensors")).unwrap();
     let same_file = fixture["merged_files"]["model.safetensors"] == sha.as_str();
     eprintln!("merged file identical to the one transformers loaded: {same_file}");
 

@@ -1,7 +1,7 @@
 """The PEFT side of `scripts/gpu/bench-7b.sh`: LoRA training speed and memory on the GPU with
 transformers + PEFT, on the job `loratune bench --preset NAME --device cuda` runs.
 
-Job (keep in step with src/train/bench.rs):
+Job (keep in step with src/bench/mod.rs):
   * model: LlamaForCausalLM built from the preset's shape (llama2-7b: 32 layers, hidden 4096,
     32 heads of 128, MLP 11008, vocab 32000, untied head), random init after torch.manual_seed(0),
     bf16, on cuda, built directly on the device; attention: transformers' default (sdpa);

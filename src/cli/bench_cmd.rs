@@ -1,4 +1,4 @@
-//! `loratune bench`: training throughput on the fixed job of `train::bench`, and with
+//! `loratune bench`: training throughput on the fixed job of `crate::bench`, and with
 //! `--peer peft` the same job run by transformers + PEFT (scripts/bench/peft_cpu.py) in
 //! the same invocation, side by side.
 
@@ -9,8 +9,8 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::bench::{self, BenchOptions, BenchResult};
 use crate::lora::Target;
-use crate::train::bench::{self, BenchOptions, BenchResult};
 
 const PEER_SCRIPT: &str = "scripts/bench/peft_cpu.py";
 

@@ -61,7 +61,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
         record.bytes >> 20,
         record.dtype
     );
-    match crate::train::bench::peak_rss_mib() {
+    match crate::bench::peak_rss_mib() {
         Some(peak) => println!("time         {:.1}s (peak memory {peak:.0} MiB)", record.seconds),
         None => println!("time         {:.1}s", record.seconds),
     }

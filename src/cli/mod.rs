@@ -109,11 +109,9 @@ pub(crate) fn parse_size(spec: &str) -> Result<u64> {
     Ok((num * mult) as u64)
 }
 
-/// Writes JSON atomically (temp file + rename) with a trailing newline.
+/// [`crate::atomic::write_json`], with an error that names the file.
 pub(crate) fn write_json_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    crate::atomic::write_bytes(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::atomic::write_json(path, value).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::config::TrainConfig;
 use crate::distributed::launch;
-use crate::train::run::{self, RunOptions, RunStatus, CONFIG_FILE};
+use crate::run::layout::CONFIG_FILE;
+use crate::run::{self, RunOptions, RunStatus};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -25,7 +26,7 @@ pub struct TrainArgs {
     /// Data parallel over N GPUs of this machine: one process per GPU, the gradients
     /// summed with NCCL, a step of micro_batch_size x grad_accum x N examples
     /// (`[device] gpus`). With `device.name = "cpu"`: N CPU processes. Several machines:
-    /// NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT (README, "Several GPUs").
+    /// NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT (docs/distributed.md).
     #[arg(long, value_name = "N")]
     pub gpus: Option<usize>,
 }

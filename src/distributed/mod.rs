@@ -27,10 +27,11 @@ pub const COLLECTIVES_VAR: &str = "LORATUNE_COLLECTIVES";
 pub const TIMEOUT_VAR: &str = "LORATUNE_RENDEZVOUS_TIMEOUT";
 
 /// How gradients travel between ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
     /// One process: nothing travels.
+    #[default]
     Single,
     /// Through rank 0 over TCP, via host memory.
     Host,

@@ -11,8 +11,8 @@ use crate::data::{BadRecordPolicy, Example};
 use crate::encode::{self, EncodedExample};
 use crate::generate::{self, Generator};
 use crate::lora::{self, LoraWeights};
+use crate::markdown::cell;
 use crate::model::{self, LoadOptions, ModelSource};
-use crate::report::markdown::cell;
 
 /// One side of the comparison: a model, with an adapter or without.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -217,16 +217,19 @@ pub fn write(c: &Comparison, dir: &Path) -> Result<Vec<PathBuf>> {
         rows.push('\n');
     }
     let paths = [dir.join("compare.json"), dir.join("compare.jsonl"), dir.join("compare.md")];
-    crate::atomic::write_bytes(&paths[0], (serde_json::to_string_pretty(c)? + "\n").as_bytes())?;
+    crate::atomic::write_json(&paths[0], c)?;
     crate::atomic::write_bytes(&paths[1], rows.as_bytes())?;
     crate::atomic::write_bytes(&paths[2], markdown(c).as_bytes())?;
     Ok(paths.to_vec())
 }
 
+/// One mean score of a side's answers, when it has one.
+type ScorePick = fn(&GenerationScores) -> Option<f64>;
+
 /// The metrics as rows of (name, A, B), for the terminal and compare.md.
 pub fn metric_rows(c: &Comparison) -> Vec<(String, String, String)> {
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
-    let score = |r: &SideResult, pick: fn(&GenerationScores) -> Option<f64>| f(r.scores.as_ref().and_then(pick));
+    let score = |r: &SideResult, pick: ScorePick| f(r.scores.as_ref().and_then(pick));
     let mut rows = vec![
         ("model".to_string(), c.a.side.model.clone(), c.b.side.model.clone()),
         (
@@ -236,7 +239,7 @@ pub fn metric_rows(c: &Comparison) -> Vec<(String, String, String)> {
         ),
         ("loss on references".to_string(), f(c.a.loss), f(c.b.loss)),
     ];
-    let metrics: [(&str, fn(&GenerationScores) -> Option<f64>); 4] = [
+    let metrics: [(&str, ScorePick); 4] = [
         ("exact match", |s| Some(s.mean.exact_match)),
         ("token F1", |s| Some(s.mean.token_f1)),
         ("ROUGE-L", |s| Some(s.mean.rouge_l)),

@@ -70,7 +70,7 @@ pub struct Answer {
 }
 
 /// Mean scores of a set of answers (over those with a reference).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationScores {
     /// Answers that were scored.
     pub examples: usize,

@@ -69,10 +69,10 @@ impl LoadOptions {
 }
 
 /// What was loaded and from where, for run manifests and reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ModelIdentity {
     pub source: String,
-    pub kind: &'static str,
+    pub kind: String,
     /// Local folder or file everything was read from (a hub id resolves to its snapshot).
     pub resolved: PathBuf,
     pub weight_files: Vec<PathBuf>,
@@ -119,7 +119,7 @@ fn load_hf_dir(
     check_vocab(&cfg, &tokenizer, &config_path)?;
     let identity = ModelIdentity {
         source: source.to_string(),
-        kind,
+        kind: kind.to_string(),
         resolved: dir.to_path_buf(),
         weight_files: files.files.clone(),
         num_parameters: cfg.num_parameters(),
@@ -141,7 +141,7 @@ fn load_gguf(path: &Path, source: &ModelSource, opts: &LoadOptions) -> Result<Lo
     check_vocab(&cfg, &tokenizer, path)?;
     let identity = ModelIdentity {
         source: source.to_string(),
-        kind: "gguf",
+        kind: "gguf".to_string(),
         resolved: path.to_path_buf(),
         weight_files: vec![path.to_path_buf()],
         num_parameters: cfg.num_parameters(),

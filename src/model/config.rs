@@ -163,7 +163,7 @@ impl ModelConfig {
         let scaling_json = raw.rope_scaling.as_ref().or(rope_params);
         let rope_scaling = match scaling_json {
             None | Some(serde_json::Value::Null) => None,
-            Some(s) => parse_rope_scaling(s).map_err(|m| bad(m))?,
+            Some(s) => parse_rope_scaling(s).map_err(bad)?,
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = match architecture {
@@ -204,15 +204,17 @@ impl ModelConfig {
         pos(self.num_attention_heads, "num_attention_heads")?;
         pos(self.num_key_value_heads, "num_key_value_heads")?;
         pos(self.head_dim, "head_dim")?;
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim ({}) must be even for rotary embeddings", self.head_dim));
         }
+        // Written so that NaN fails too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(self.rms_norm_eps > 0.0) || !(self.rope_theta > 0.0) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }

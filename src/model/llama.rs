@@ -4,6 +4,13 @@
 //! Written as plain functions over named weights so that the training step can see (and
 //! later save or recompute) every activation. Shapes use B = batch, T = time,
 //! H = hidden size, NH / NKV = query / key-value heads, D = head_dim, V = vocab.
+//!
+//! [`Llama::forward`] / [`Llama::forward_hidden`] is the **reference forward**: candle ops
+//! only, no saved activations, no cache. Its loss (through `eval::evaluate`) is checked
+//! against transformers on tiny Llama 2/3 and Qwen2 checkpoints and on SmolLM2
+//! (tests/reference.rs). The two other forwards are checked against it: the training step
+//! (`train::step`, in its tests) and the KV-cache forward of generation
+//! (`generate::cached_forward`, tests/generate.rs).
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use std::collections::HashMap;

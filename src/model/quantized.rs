@@ -1,6 +1,6 @@
 //! Frozen projection weights kept in GGUF blocks (QLoRA): 4-bit or 8-bit in memory and
 //! expanded to the compute dtype only for the GEMM that needs them, then dropped. On CUDA
-//! the blocks are a plain u8 tensor expanded to bf16 by our kernels (src/cuda/dequantize.cu);
+//! the blocks are a plain u8 tensor expanded to bf16 by our kernels (src/kernels/cuda/dequantize.cu);
 //! on the CPU they stay a candle `QTensor` expanded by candle's decoders.
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -158,7 +158,7 @@ fn dequantize_on_device(
     into: Option<&Tensor>,
     cols: usize,
 ) -> Result<Tensor> {
-    crate::train::cuda_kernels::dequantize_bf16(b, format, rows, cols, into)
+    crate::kernels::cuda::dequantize_bf16(b, format, rows, cols, into)
 }
 
 #[cfg(not(feature = "cuda"))]

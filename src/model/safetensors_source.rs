@@ -35,7 +35,7 @@ impl WeightFiles {
             }
             let mut files = Vec::with_capacity(shard_ids.len());
             for (i, (shard, id)) in shard_ids.iter_mut().enumerate() {
-                let p = dir.join(&*shard);
+                let p = dir.join(shard);
                 if !p.is_file() {
                     return Err(LoadError::MissingShard { index: index.clone(), shard: shard.clone() });
                 }

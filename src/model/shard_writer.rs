@@ -82,10 +82,9 @@ pub fn write_shards(
     Ok(total)
 }
 
-/// Pretty JSON with a trailing newline, written atomically.
+/// [`crate::atomic::write_json`], with the model loader's error type.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), LoadError> {
-    let text = serde_json::to_string_pretty(value).expect("serialisable") + "\n";
-    crate::atomic::write_bytes(path, text.as_bytes()).map_err(|e| LoadError::io(path, e))
+    crate::atomic::write_json(path, value).map_err(|e| LoadError::io(path, e))
 }
 
 #[cfg(test)]

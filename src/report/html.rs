@@ -74,7 +74,7 @@ pub fn render(s: &RunSummary, loss_svg: Option<&str>, lr_svg: Option<&str>) -> S
     let _ = writeln!(
         out,
         "<p class=\"sub\">{} &middot; {} of {} steps &middot; {}</p>",
-        Esc(&m.status),
+        Esc(m.status.as_str()),
         m.steps_completed,
         m.total_steps,
         Esc(model)

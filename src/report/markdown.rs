@@ -6,32 +6,7 @@ use std::fmt::Write;
 
 use super::tables::{self, Table, NOT_CONFIGURED};
 use super::{RunSummary, LINT_FILE, LOSS_PLOT_FILE, LR_PLOT_FILE, SAMPLES_FILE};
-
-/// A table cell: pipes and line breaks would end the cell or the table.
-pub fn cell(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '|' => out.push_str("\\|"),
-            '\\' => out.push_str("\\\\"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\r' => {}
-            '\n' => out.push_str("<br>"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `text` in a fenced code block whose fence no line of `text` can close.
-pub fn fenced(text: &str, info: &str) -> String {
-    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-    let fence = "`".repeat(longest.max(2) + 1);
-    let body = text.strip_suffix('\n').unwrap_or(text);
-    format!("{fence}{info}\n{body}\n{fence}\n")
-}
+use crate::markdown::{cell, fenced};
 
 fn table(out: &mut String, t: &Table) {
     let _ = writeln!(out, "| {} |", t.header.iter().map(|h| cell(h)).collect::<Vec<_>>().join(" | "));
@@ -55,7 +30,14 @@ pub fn render(s: &RunSummary, has_loss_plot: bool, has_lr_plot: bool) -> String 
     let m = &s.manifest;
     let _ = writeln!(out, "# loratune report: {}\n", cell(&s.name()));
     let model = tables::base_model(s);
-    let _ = writeln!(out, "{} · {} of {} steps · {}\n", cell(&m.status), m.steps_completed, m.total_steps, cell(model));
+    let _ = writeln!(
+        out,
+        "{} · {} of {} steps · {}\n",
+        cell(m.status.as_str()),
+        m.steps_completed,
+        m.total_steps,
+        cell(model)
+    );
     if let Some(e) = &m.error {
         let _ = writeln!(out, "> **The run failed:** {}\n", cell(e));
     }
@@ -150,23 +132,4 @@ pub fn render(s: &RunSummary, has_loss_plot: bool, has_lr_plot: bool) -> String 
     out.push_str("## Manifest (run.json)\n\n");
     let _ = write!(out, "{}", fenced(&s.manifest_pretty(), "json"));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cells_keep_the_table_intact() {
-        assert_eq!(cell("a|b\nc"), "a\\|b<br>c");
-        assert_eq!(cell("<x> & \\"), "&lt;x&gt; &amp; \\\\");
-    }
-
-    #[test]
-    fn fences_outlast_backticks_in_the_text() {
-        assert_eq!(fenced("plain\n", "text"), "```text\nplain\n```\n");
-        let tricky = "before\n```\nstill inside ````\n";
-        let block = fenced(tricky, "");
-        assert!(block.starts_with("`````\n") && block.ends_with("\n`````\n"), "{block}");
-    }
 }

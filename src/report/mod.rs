@@ -16,17 +16,14 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::eval::text_metrics::TextScores;
-use crate::train::checkpoint::EvalPoint;
-use crate::train::report::MetricsLine;
-use crate::train::run::{CONFIG_FILE, EVAL_FILE, MANIFEST_FILE, METRICS_FILE};
+use crate::run::checkpoint::EvalPoint;
+use crate::run::manifest::from_json;
+use crate::run::metrics::MetricsLine;
 
-pub use crate::train::base_vs_tuned::SAMPLES_FILE;
-pub use crate::train::lint_gate::LINT_FILE;
-pub const HTML_FILE: &str = "report.html";
-pub const MARKDOWN_FILE: &str = "report.md";
-pub const LOSS_PLOT_FILE: &str = "loss.svg";
-pub const LR_PLOT_FILE: &str = "lr.svg";
+pub use crate::run::layout::{
+    CONFIG_FILE, EVAL_FILE, HTML_FILE, LINT_FILE, LOSS_PLOT_FILE, LR_PLOT_FILE, MANIFEST_FILE, MARKDOWN_FILE,
+    METRICS_FILE, SAMPLES_FILE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -38,80 +35,9 @@ pub enum ReportError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// The parts of run.json the report shows; the whole file is kept as JSON beside it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Manifest {
-    pub status: String,
-    pub steps_completed: usize,
-    pub total_steps: usize,
-    #[serde(default)]
-    pub wall_seconds: f64,
-    #[serde(default)]
-    pub base_model: Option<BaseModel>,
-    #[serde(default)]
-    pub device: Option<String>,
-    #[serde(default)]
-    pub dtype: Option<String>,
-    #[serde(default)]
-    pub train_examples: Option<usize>,
-    #[serde(default)]
-    pub eval_examples: Option<usize>,
-    #[serde(default)]
-    pub lora_parameters: Option<usize>,
-    #[serde(default)]
-    pub started_at: Option<String>,
-    #[serde(default)]
-    pub ended_at: Option<String>,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub loratune_version: Option<String>,
-    /// The data lint's summary: counts by kind, whatever keys the lint writes.
-    #[serde(default)]
-    pub lint: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct BaseModel {
-    pub source: String,
-    #[serde(default)]
-    pub num_parameters: Option<usize>,
-}
-
-/// eval.json.
-#[derive(Debug, Clone, Deserialize)]
-pub struct EvalFile {
-    #[serde(default)]
-    pub base: Option<EvalPoint>,
-    #[serde(default)]
-    pub best: Option<EvalPoint>,
-    #[serde(default, rename = "final")]
-    pub final_: Option<EvalPoint>,
-    #[serde(default)]
-    pub history: Vec<EvalPoint>,
-    #[serde(default)]
-    pub eval_examples: Option<usize>,
-    #[serde(default)]
-    pub eval_tokens: Option<usize>,
-    #[serde(default)]
-    pub eval_targets: Option<usize>,
-    #[serde(default)]
-    pub regression: Option<Regression>,
-    #[serde(default)]
-    pub generation: Option<Generation>,
-}
-
-/// Base and tuned loss on a regression set, as training writes it.
-pub use crate::train::base_vs_tuned::RegressionReport as Regression;
-
-/// eval.json's `generation`: each side's mean scores, with the fields training writes them
-/// with (its per-side `examples` count is not shown).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Generation {
-    pub examples: usize,
-    pub base: TextScores,
-    pub tuned: TextScores,
-}
+/// eval.json's `regression`, as training writes it.
+pub use crate::run::base_vs_tuned::RegressionReport as Regression;
+pub use crate::run::manifest::{EvalReport, Manifest};
 
 /// One line of samples.jsonl: an eval prompt answered by the base and the tuned model.
 #[derive(Debug, Clone, Deserialize)]
@@ -136,7 +62,7 @@ pub struct RunSummary {
     /// One line per step (and the step-0 base eval line), by step; a step logged twice
     /// keeps its last line.
     pub metrics: Vec<MetricsLine>,
-    pub eval: Option<EvalFile>,
+    pub eval: Option<EvalReport>,
     pub samples: Option<Vec<Sample>>,
     /// Whether the full lint report (lint.json) is in the run folder.
     pub has_lint_file: bool,
@@ -170,21 +96,6 @@ fn read_text(path: &Path) -> Result<Option<String>, ReportError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ReportError::Io { path: path.to_path_buf(), source }),
     }
-}
-
-/// `text` as `T`; the message names the field that is wrong (`history[2].loss: ...`).
-fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        if field == "." {
-            e.into_inner().to_string()
-        } else {
-            format!("{field}: {}", e.into_inner())
-        }
-    })?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(value)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ReportError> {
@@ -226,7 +137,7 @@ impl RunSummary {
         }
 
         let eval_path = dir.join(EVAL_FILE);
-        let eval = read_text(&eval_path)?.map(|t| parse_json::<EvalFile>(&eval_path, &t)).transpose()?;
+        let eval = read_text(&eval_path)?.map(|t| parse_json::<EvalReport>(&eval_path, &t)).transpose()?;
         let samples_path = dir.join(SAMPLES_FILE);
         let samples = read_text(&samples_path)?.map(|t| parse_jsonl::<Sample>(&samples_path, &t)).transpose()?;
         let config_toml = read_text(&dir.join(CONFIG_FILE))?;
@@ -312,26 +223,13 @@ impl RunSummary {
         }
     }
 
-    /// The lint summary as (key, value) rows: scalars as written, nested objects flattened
-    /// to dotted keys, lists by their length.
+    /// The lint summary as (key, value) rows, in run.json's order; a count that needs a
+    /// tokenizer and had none reads "none".
     pub fn lint_rows(&self) -> Option<Vec<(String, String)>> {
-        fn flatten(prefix: &str, map: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<(String, String)>) {
-            for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                match v {
-                    serde_json::Value::Object(inner) => flatten(&key, inner, out),
-                    serde_json::Value::Array(items) => out.push((key, format!("{} items", items.len()))),
-                    serde_json::Value::String(s) => out.push((key, s.clone())),
-                    serde_json::Value::Null => out.push((key, "none".to_string())),
-                    other => out.push((key, other.to_string())),
-                }
-            }
-        }
-        self.manifest.lint.as_ref().map(|m| {
-            let mut out = Vec::new();
-            flatten("", m, &mut out);
-            out
-        })
+        let lint = self.manifest.lint.as_ref()?;
+        let serde_json::Value::Object(map) = serde_json::to_value(lint).ok()? else { return None };
+        let cell = |v: serde_json::Value| if v.is_null() { "none".to_string() } else { v.to_string() };
+        Some(map.into_iter().map(|(k, v)| (k, cell(v))).collect())
     }
 
     /// run.json pretty-printed.
@@ -390,7 +288,7 @@ pub mod fmt {
         let digits = n.to_string();
         let mut out = String::new();
         for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);
@@ -407,14 +305,34 @@ mod tests {
         std::fs::write(dir.join(name), text).unwrap();
     }
 
-    const MANIFEST: &str = r#"{"status": "completed", "steps_completed": 2, "total_steps": 2, "wall_seconds": 3.5}"#;
+    /// A run.json as training writes it: 2 of 2 steps, 3.5 s.
+    fn manifest() -> String {
+        serde_json::to_string(&Manifest::example()).unwrap()
+    }
+
+    /// An eval.json as training writes it, with `evals` (the first is the base).
+    fn eval_json(evals: &[(usize, f64)], best: usize) -> String {
+        let point = |&(step, loss): &(usize, f64)| EvalPoint { step, loss };
+        let report = EvalReport {
+            base: evals.first().map(point),
+            best: Some(point(&evals[best])),
+            final_: evals.last().map(point),
+            history: evals[1..].iter().map(point).collect(),
+            eval_examples: 3,
+            eval_tokens: 30,
+            eval_targets: 10,
+            regression: None,
+            generation: None,
+        };
+        serde_json::to_string(&report).unwrap()
+    }
 
     #[test]
     fn missing_manifest_or_metrics_says_what_a_run_folder_is() {
         let d = tempfile::tempdir().unwrap();
         let e = RunSummary::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("run.json") && e.contains("loratune train` output folder"), "{e}");
-        write(d.path(), "run.json", MANIFEST);
+        write(d.path(), "run.json", &manifest());
         let e = RunSummary::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("metrics.jsonl") && e.contains("is missing"), "{e}");
     }
@@ -422,12 +340,12 @@ mod tests {
     #[test]
     fn malformed_files_are_named_with_their_line() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "run.json", r#"{"status": "completed", "steps_completed": "two", "total_steps": 2}"#);
+        write(d.path(), "run.json", &manifest().replace("\"steps_completed\":2", "\"steps_completed\":\"two\""));
         write(d.path(), "metrics.jsonl", "");
         let e = RunSummary::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("run.json") && e.contains("steps_completed"), "{e}");
 
-        write(d.path(), "run.json", MANIFEST);
+        write(d.path(), "run.json", &manifest());
         write(d.path(), "metrics.jsonl", "{\"step\": 0, \"eval_loss\": 2.0, \"elapsed_s\": 0.1}\n{\"step\": 1, \"loss\": \"high\", \"elapsed_s\": 1}\n");
         let e = RunSummary::load(d.path()).unwrap_err().to_string();
         assert!(e.contains("metrics.jsonl line 2: loss: invalid type"), "{e}");
@@ -450,7 +368,7 @@ mod tests {
     #[test]
     fn totals_and_eval_rows_are_computed_from_the_files() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "run.json", MANIFEST);
+        write(d.path(), "run.json", &manifest());
         // Step 2 logged twice (a resumed run re-logs it): the last line counts.
         write(
             d.path(),
@@ -463,11 +381,7 @@ mod tests {
                 "{\"step\": 2, \"epoch\": 1, \"loss\": 1.7, \"lr\": 0.002, \"tokens\": 300, \"tokens_per_s\": 100.0, \"eval_loss\": 1.5, \"elapsed_s\": 4}\n",
             ),
         );
-        write(
-            d.path(),
-            "eval.json",
-            r#"{"base": {"step": 0, "loss": 2.0}, "best": {"step": 2, "loss": 1.5}, "final": {"step": 3, "loss": 1.6}, "history": [{"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.6}]}"#,
-        );
+        write(d.path(), "eval.json", &eval_json(&[(0, 2.0), (2, 1.5), (3, 1.6)], 1));
         let s = RunSummary::load(d.path()).unwrap();
         let t = s.training_totals();
         assert_eq!((t.steps, t.epochs, t.tokens), (2, 2, 400));
@@ -485,20 +399,18 @@ mod tests {
     }
 
     #[test]
-    fn lint_summary_is_flattened_to_rows() {
+    fn lint_summary_becomes_rows() {
         let d = tempfile::tempdir().unwrap();
-        write(
-            d.path(),
-            "run.json",
-            r#"{"status": "completed", "steps_completed": 0, "total_steps": 0, "lint": {"errors": 0, "warnings": 3, "by_file": {"train.jsonl": {"exact_duplicates": 2}}, "files": ["a", "b"], "verdict": "ok"}}"#,
-        );
+        let lint = crate::data::lint::LintSummary { files: 2, warnings: 3, ..Default::default() };
+        let manifest = Manifest { lint: Some(lint), ..Manifest::example() };
+        write(d.path(), "run.json", &serde_json::to_string(&manifest).unwrap());
         write(d.path(), "metrics.jsonl", "");
         let rows = RunSummary::load(d.path()).unwrap().lint_rows().unwrap();
         let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         assert_eq!(get("warnings"), Some("3"));
-        assert_eq!(get("by_file.train.jsonl.exact_duplicates"), Some("2"));
-        assert_eq!(get("files"), Some("2 items"));
-        assert_eq!(get("verdict"), Some("ok"));
+        assert_eq!(get("files"), Some("2"));
+        assert_eq!(get("truncated"), Some("none"));
+        assert_eq!(rows.len(), 18);
     }
 
     #[test]

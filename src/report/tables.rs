@@ -46,7 +46,7 @@ pub fn training_table(s: &RunSummary) -> Table {
     let mut t = Table::new(&["run", "value"]);
     t.align_numbers = false;
     let mut kv = |k: &str, v: String| t.row(vec![k.to_string(), v]);
-    kv("status", m.status.clone());
+    kv("status", m.status.as_str().to_string());
     kv("steps", format!("{} of {}", m.steps_completed, m.total_steps));
     kv("epochs reached", totals.epochs.to_string());
     kv("tokens seen", fmt::count(totals.tokens));
@@ -55,26 +55,12 @@ pub fn training_table(s: &RunSummary) -> Table {
     if let Some(l) = totals.last_train_loss {
         kv("last train loss", fmt::loss(l));
     }
-    if let Some(n) = m.train_examples {
-        kv("train examples", fmt::count(n));
-    }
-    if let Some(n) = m.eval_examples {
-        kv("eval examples", fmt::count(n));
-    }
-    if let Some(n) = m.lora_parameters {
-        kv("LoRA parameters", fmt::count(n));
-    }
-    if let Some(b) = &m.base_model {
-        kv("base model", b.source.clone());
-    }
-    match (&m.device, &m.dtype) {
-        (Some(d), Some(t)) => kv("device", format!("{d} ({t})")),
-        (Some(d), None) => kv("device", d.clone()),
-        _ => {}
-    }
-    if let Some(v) = &m.started_at {
-        kv("started", v.clone());
-    }
+    kv("train examples", fmt::count(m.train_examples));
+    kv("eval examples", fmt::count(m.eval_examples));
+    kv("LoRA parameters", fmt::count(m.lora_parameters));
+    kv("base model", m.base_model.source.clone());
+    kv("device", format!("{} ({})", m.device, m.dtype));
+    kv("started", m.started_at.clone());
     if let Some(v) = &m.ended_at {
         kv("ended", v.clone());
     }
@@ -87,12 +73,14 @@ pub fn training_table(s: &RunSummary) -> Table {
 /// Generation scores of the base and the tuned model on the same prompts.
 pub fn generation_table(s: &RunSummary) -> Option<Table> {
     let g = s.eval.as_ref()?.generation.as_ref()?;
+    // Both sides are scored when any answer had a reference.
+    let (base, tuned) = (&g.base.as_ref()?.mean, &g.tuned.as_ref()?.mean);
     let mut t = Table::new(&["metric", "base", "tuned", "change"]);
     let rows = [
-        ("exact match", Some(g.base.exact_match), Some(g.tuned.exact_match)),
-        ("token F1", Some(g.base.token_f1), Some(g.tuned.token_f1)),
-        ("ROUGE-L", Some(g.base.rouge_l), Some(g.tuned.rouge_l)),
-        ("valid JSON", g.base.json_valid, g.tuned.json_valid),
+        ("exact match", Some(base.exact_match), Some(tuned.exact_match)),
+        ("token F1", Some(base.token_f1), Some(tuned.token_f1)),
+        ("ROUGE-L", Some(base.rouge_l), Some(tuned.rouge_l)),
+        ("valid JSON", base.json_valid, tuned.json_valid),
     ];
     for (name, base, tuned) in rows {
         let cell = |x: Option<f64>| x.map_or("n/a".to_string(), fmt::score);
@@ -124,7 +112,7 @@ pub fn regression_table(s: &RunSummary) -> Option<Table> {
 
 /// The base model as the manifest names it.
 pub fn base_model(s: &RunSummary) -> &str {
-    s.manifest.base_model.as_ref().map(|b| b.source.as_str()).unwrap_or("unknown model")
+    &s.manifest.base_model.source
 }
 
 /// The forgetting warning, when the regression check found it.
@@ -160,11 +148,13 @@ mod tests {
 
     fn summary(eval_json: &str) -> RunSummary {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("run.json"),
-            r#"{"status": "completed", "steps_completed": 4, "total_steps": 4, "wall_seconds": 65.0}"#,
-        )
-        .unwrap();
+        let manifest = crate::run::manifest::Manifest {
+            steps_completed: 4,
+            total_steps: 4,
+            wall_seconds: 65.0,
+            ..crate::run::manifest::Manifest::example()
+        };
+        std::fs::write(d.path().join("run.json"), serde_json::to_string(&manifest).unwrap()).unwrap();
         std::fs::write(d.path().join("metrics.jsonl"), "{\"step\": 0, \"eval_loss\": 2.5, \"elapsed_s\": 0.1}\n")
             .unwrap();
         std::fs::write(d.path().join("eval.json"), eval_json).unwrap();
@@ -174,7 +164,8 @@ mod tests {
     #[test]
     fn regression_over_threshold_is_flagged_and_explained() {
         let s = summary(
-            r#"{"base": {"step": 0, "loss": 2.5}, "final": {"step": 4, "loss": 2.0},
+            r#"{"base": {"step": 0, "loss": 2.5}, "final": {"step": 4, "loss": 2.0}, "history": [{"step": 4, "loss": 2.0}],
+                "eval_examples": 3, "eval_tokens": 30, "eval_targets": 10,
                 "regression": {"file": "keep.jsonl", "examples": 20, "base_loss": 1.25, "tuned_loss": 1.5, "relative_change": 0.2, "threshold": 0.05, "forgetting": true}}"#,
         );
         let t = regression_table(&s).unwrap();
@@ -198,8 +189,10 @@ mod tests {
     #[test]
     fn generation_scores_side_by_side_with_missing_json_validity() {
         let s = summary(
-            r#"{"generation": {"examples": 8, "base": {"exact_match": 0.125, "token_f1": 0.5, "rouge_l": 0.4, "json_valid": null},
-                                "tuned": {"exact_match": 0.75, "token_f1": 0.875, "rouge_l": 0.9}}}"#,
+            r#"{"history": [], "eval_examples": 8, "eval_tokens": 80, "eval_targets": 40,
+                "generation": {"examples": 8, "max_new_tokens": 64,
+                               "base": {"examples": 8, "exact_match": 0.125, "token_f1": 0.5, "rouge_l": 0.4, "json_valid": null},
+                               "tuned": {"examples": 8, "exact_match": 0.75, "token_f1": 0.875, "rouge_l": 0.9}}}"#,
         );
         let t = generation_table(&s).unwrap();
         assert_eq!(t.rows[0], ["exact match", "0.125", "0.750", "+0.625"]);

@@ -1,25 +1,17 @@
-//! Training: the frozen-base LoRA step and the run around it.
+//! The frozen-base LoRA training step: the math of one optimizer step, nothing around it.
 //!
-//! - `ops.rs`: forward/backward pairs of each decoder operation;
-//! - `step.rs`: batches, saved activations, forward + backward of a micro-batch;
-//! - `cpu_kernels.rs`: fused CPU loops where candle's op-by-op path is slow;
-//! - `profile.rs`: per-operation timing of the step (`bench --profile`);
-//! - `run.rs`: a training run from a config; `batches.rs`: its data, split, mix and order;
-//! - `base_vs_tuned.rs`: the regression set and side-by-side samples of base and tuned.
+//! - `ops.rs`: forward/backward pairs of each decoder operation, with their shapes;
+//! - `step.rs`: a micro-batch's saved activations and its forward + backward, producing
+//!   the LoRA gradients (`step_tests.rs` checks it against candle autograd on the
+//!   reference forward of `model::llama`);
+//! - `optimizer.rs`: AdamW in torch's order of operations and global-norm clipping;
+//! - `schedule.rs`: warmup then cosine/linear/constant learning-rate decay.
+//!
+//! The job around the step (data, checkpoints, eval, the run folder) is [`crate::run`];
+//! the fused kernels the ops call are [`crate::kernels`].
 
-pub mod base_vs_tuned;
-pub mod batches;
-pub mod bench;
-pub mod checkpoint;
-pub mod cpu_kernels;
-#[cfg(feature = "cuda")]
-pub mod cuda_kernels;
-pub mod lint_gate;
 pub mod ops;
 pub mod optimizer;
-pub mod profile;
-pub mod report;
-pub mod run;
 pub mod schedule;
 pub mod step;
 #[cfg(test)]

@@ -9,86 +9,25 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::cpu_kernels::{
+use crate::kernels::cpu::{
     AttentionSoftmax, AttentionSoftmaxGrad, SoftmaxCrossEntropyGrad, SWIGLU, SWIGLU_GRAD_GATE, SWIGLU_GRAD_UP,
 };
 use crate::lora::LoraPair;
 use crate::model::llama::Linear;
 
-/// Whether the fused CPU kernels of `cpu_kernels` apply (f32 on the CPU); other devices
+/// Whether the fused CPU kernels of `kernels::cpu` apply (f32 on the CPU); other devices
 /// and dtypes take the candle-op formulation of the same math.
 fn cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// Whether the CUDA kernels of `cuda_kernels` apply (bf16 on a CUDA device, in a build
+/// Whether the CUDA kernels of `kernels::cuda` apply (bf16 on a CUDA device, in a build
 /// with the `cuda` feature).
 pub fn cuda_bf16(x: &Tensor) -> bool {
     cfg!(feature = "cuda") && x.device().is_cuda() && x.dtype() == DType::BF16
 }
 
-#[cfg(feature = "cuda")]
-use super::cuda_kernels as cuda;
-
-/// Stand-ins so the CUDA branches type-check in builds without CUDA; `cuda_bf16` is
-/// false there, so none of these runs.
-#[cfg(not(feature = "cuda"))]
-mod cuda {
-    use candle_core::{bail, Result, Tensor};
-    const NO_CUDA: &str = "loratune was built without the cuda feature";
-    pub fn rms_norm_forward(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn rms_norm_backward(_: &Tensor, _: &Tensor, _: &Tensor, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn rope(_: &Tensor, _: &Tensor, _: &Tensor, _: usize, _: bool) -> Result<Tensor> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn swiglu_forward(_: &Tensor, _: &Tensor) -> Result<Tensor> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn swiglu_backward(_: Tensor, _: &Tensor, _: Tensor) -> Result<(Tensor, Tensor)> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn cross_entropy(_: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor)> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn matmul_accumulate(_: &Tensor, _: &Tensor, _: &Tensor, _: bool) -> Result<()> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn add(_: &Tensor, _: &Tensor) -> Result<Tensor> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn add_rms_norm_forward(_: &Tensor, _: &Tensor, _: &Tensor, _: f64) -> Result<(Tensor, Tensor, Tensor)> {
-        bail!("{NO_CUDA}")
-    }
-    pub fn flash_supported(_: usize) -> bool {
-        false
-    }
-    pub fn flash_attention_forward(
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: super::AttnShape,
-    ) -> Result<(Tensor, Tensor)> {
-        bail!("{NO_CUDA}")
-    }
-    #[allow(clippy::too_many_arguments)]
-    pub fn flash_attention_backward(
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: super::AttnShape,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        bail!("{NO_CUDA}")
-    }
-}
+use crate::kernels::cuda;
 
 // ---------------------------------------------------------------------------------------
 // RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
@@ -116,7 +55,12 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> 
 
 /// a + b (the residual stream); one vectorized kernel on CUDA.
 pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if cuda_bf16(a) && a.dims() == b.dims() && a.elem_count() % 8 == 0 && a.is_contiguous() && b.is_contiguous() {
+    if cuda_bf16(a)
+        && a.dims() == b.dims()
+        && a.elem_count().is_multiple_of(8)
+        && a.is_contiguous()
+        && b.is_contiguous()
+    {
         return cuda::add(a, b);
     }
     a + b
@@ -221,15 +165,7 @@ pub fn attention_backward(
 // head transposes); elsewhere the head-layout candle path above.
 // ---------------------------------------------------------------------------------------
 
-/// B rows of T tokens, NH query heads and NKV kv heads of dim D.
-#[derive(Debug, Clone, Copy)]
-pub struct AttnShape {
-    pub b: usize,
-    pub t: usize,
-    pub nh: usize,
-    pub nkv: usize,
-    pub d: usize,
-}
+pub use crate::kernels::AttnShape;
 
 /// Which keys each query sees: `kstart` (B*T,) u32 (query i sees kstart[i]..=i) for the
 /// flash kernels, the equivalent (B, 1, T, T) additive bias for the unfused path.
@@ -482,7 +418,7 @@ pub const HEAD_CHUNK: usize = 128;
 /// Returns (sum of -log p(label) as f64, dh (N, H)) where dh is the gradient of
 /// `loss_scale * sum(nll)`: callers pass 1 / (targets in the optimizer step).
 /// On the CPU in f32 the softmax, loss and logit gradient are one fused in-place pass
-/// (`cpu_kernels::SoftmaxCrossEntropyGrad`); elsewhere they are candle ops.
+/// (`kernels::cpu::SoftmaxCrossEntropyGrad`); elsewhere they are candle ops.
 pub fn cross_entropy_forward_backward(
     h: &Tensor,
     lm_head: &Tensor,

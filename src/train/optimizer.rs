@@ -47,7 +47,7 @@ impl AdamW {
             #[cfg(feature = "cuda")]
             if p.device().is_cuda() && p.dtype() == DType::F32 {
                 // One fused kernel per tensor instead of a dozen element-wise passes.
-                let step = super::cuda_kernels::AdamWStep {
+                let step = crate::kernels::cuda::AdamWStep {
                     lr: lr as f32,
                     beta1: c.beta1 as f32,
                     beta2: c.beta2 as f32,
@@ -57,7 +57,7 @@ impl AdamW {
                     bc2_sqrt: bc2.sqrt() as f32,
                 };
                 let (p, m, v) =
-                    super::cuda_kernels::adamw(p, &g.contiguous()?, &self.exp_avg[i], &self.exp_avg_sq[i], step)?;
+                    crate::kernels::cuda::adamw(p, &g.contiguous()?, &self.exp_avg[i], &self.exp_avg_sq[i], step)?;
                 out.push(p);
                 self.exp_avg[i] = m;
                 self.exp_avg_sq[i] = v;
@@ -144,7 +144,7 @@ mod tests {
     fn adamw_matches_torch_formula() {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let p = Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(cfg, &[p.clone()]).unwrap();
+        let mut opt = AdamW::new(cfg, std::slice::from_ref(&p)).unwrap();
         let g1 = Tensor::new(&[0.5f32, -0.25], &Device::Cpu).unwrap();
         let p1 = opt.update(&[p], &[g1], 0.01).unwrap().remove(0);
         // Step 1: m = 0.1 g, v = 0.001 g^2, bias-corrected m/sqrt(v) = sign(g).

@@ -253,3 +253,26 @@ fn dropout_masks_are_reproduced_when_recomputing() {
     let (l0, _) = analytic(&model, &lora, &batch, false);
     assert!((l1 / batch.num_targets as f64 - l0).abs() > 1e-4, "dropout had no effect");
 }
+
+/// The step's forward and the reference forward of `model::llama` (which `eval` uses
+/// without an adapter) give the same loss on the same examples. The adapter is freshly
+/// initialised (B = 0), so both compute the base model.
+#[test]
+fn step_forward_equals_the_reference_forward() {
+    for preset_name in ["tiny", "tiny-qwen2", "tiny-llama3"] {
+        let cfg = preset(preset_name).unwrap();
+        let model = random_model(&cfg, 3, 0.15, &Device::Cpu).unwrap();
+        let spec = LoraSpec { r: 3, alpha: 6.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
+        let lora = LoraWeights::init(&spec, &cfg, 5, &Device::Cpu).unwrap();
+        let v = cfg.vocab_size;
+        let examples = [example(11, 1, v), example(6, 2, v), example(4, 3, v), example(9, 4, v)];
+        let rows: Vec<Vec<&EncodedExample>> = examples.iter().map(|e| vec![e]).collect();
+        let batch = TrainBatch::new(&rows, 0, &Device::Cpu).unwrap();
+        let step = mean_loss(&model, &lora, &batch);
+        let reference = crate::eval::evaluate(&model, None, &examples, 4, 0, |_, _| {}).unwrap().loss;
+        assert!(
+            (step - reference).abs() < 1e-5 * reference.abs(),
+            "{preset_name}: step {step} vs reference {reference}"
+        );
+    }
+}

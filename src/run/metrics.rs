@@ -106,7 +106,7 @@ impl Reporter {
                 b.set_position(m.step as u64);
                 b.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
             }
-            None if m.step % self.log_every == 0 || m.step == total => {
+            None if m.step.is_multiple_of(self.log_every) || m.step == total => {
                 println!(
                     "step {:>5}/{total}  loss {loss:.4}  lr {lr:.3e}  grad_norm {gn:.3}  {tps:.0} tok/s  {:.0}s",
                     m.step, m.elapsed_s

@@ -11,6 +11,11 @@
 // scaled by scale*log2(e)), and lse stored as m + log2(l) in that base, which is what the
 // backward kernels read back. Nothing O(T^2) touches device memory.
 //
+// Memory: every output (o, lse; dq; dk, dv; dsum) is written with =, once, by the block
+// that owns its rows: fresh tensors from the launcher, no atomics, no accumulation into
+// existing buffers. Accumulation: the tensor-core MMA accumulates in f32 registers;
+// softmax statistics and dsum are f32; outputs are rounded once to bf16.
+//
 // Each block is WARPS warps (4 or 8, a template parameter); a warp owns 16 rows (queries in
 // forward and dQ, keys in dK/dV) and drives the m16n8k16 bf16 tensor-core MMA (common.cuh
 // documents the fragment layouts). kstart is read as int; the host passes it as u32.

@@ -9,12 +9,11 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::batches::DataPosition;
-use super::optimizer::AdamW;
 use crate::lora::{self, LoraWeights};
 use crate::model::ModelConfig;
+use crate::train::optimizer::AdamW;
 
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const STATE_FILE: &str = "trainer_state.json";
+use super::layout::{checkpoints_dir, step_dir, OPTIMIZER_FILE, STATE_FILE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalPoint {
@@ -51,14 +50,6 @@ fn one() -> usize {
     1
 }
 
-pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join("checkpoints")
-}
-
-pub fn step_dir(run_dir: &Path, step: usize) -> PathBuf {
-    checkpoints_dir(run_dir).join(format!("step-{step}"))
-}
-
 /// Writes `checkpoints/step-{state.step}` atomically (temporary folder, then rename).
 pub fn save(
     run_dir: &Path,
@@ -85,8 +76,8 @@ pub fn save(
         candle_core::safetensors::save(&moments, p).map_err(|e| std::io::Error::other(e.to_string()))
     })
     .with_context(|| format!("writing {}", opt_path.display()))?;
-    let text = serde_json::to_string_pretty(state)? + "\n";
-    crate::atomic::write_bytes(&tmp.join(STATE_FILE), text.as_bytes())?;
+    let state_path = tmp.join(STATE_FILE);
+    crate::atomic::write_json(&state_path, state).with_context(|| format!("writing {}", state_path.display()))?;
     if dest.exists() {
         // An incomplete folder of the same name (no state file) from an older layout.
         std::fs::remove_dir_all(&dest)?;

@@ -1,5 +1,6 @@
-//! Launchers for the CUDA kernels in `src/cuda/` (compiled to PTX by build.rs): flash
-//! attention forward/backward and the fused element-wise ops of the bf16 training step.
+//! Launchers for the CUDA kernels in `cuda/*.cu` beside this file, one op per file
+//! (compiled to PTX by build.rs, one module each): flash attention forward/backward, the
+//! fused element-wise ops of the bf16 training step, AdamW and GGUF block expansion.
 //!
 //! Every input must be a contiguous CUDA tensor of the dtype named; outputs are fresh
 //! tensors. Kernels run on the device's one stream, so stream order keeps them safe with
@@ -10,14 +11,19 @@ use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 use half::bf16;
 
-use super::ops::AttnShape;
+use super::AttnShape;
 
 mod ptx {
     include!(concat!(env!("OUT_DIR"), "/cuda_ptx.rs"));
 }
 
 const ATTENTION: (&str, &str) = ("loratune_attention", ptx::ATTENTION);
-const ELEMENTWISE: (&str, &str) = ("loratune_elementwise", ptx::ELEMENTWISE);
+const RMS_NORM: (&str, &str) = ("loratune_rms_norm", ptx::RMS_NORM);
+const ROPE: (&str, &str) = ("loratune_rope", ptx::ROPE);
+const ADD: (&str, &str) = ("loratune_add", ptx::ADD);
+const SWIGLU: (&str, &str) = ("loratune_swiglu", ptx::SWIGLU);
+const CROSS_ENTROPY: (&str, &str) = ("loratune_cross_entropy", ptx::CROSS_ENTROPY);
+const ADAMW: (&str, &str) = ("loratune_adamw", ptx::ADAMW);
 const DEQUANTIZE: (&str, &str) = ("loratune_dequantize", ptx::DEQUANTIZE);
 
 fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
@@ -101,7 +107,7 @@ macro_rules! launch {
     (@with $func:expr, $cfg:expr, $($arg:expr),+ $(,)?) => {{
         let mut builder = $func.builder();
         $( builder.arg($arg); )+
-        // SAFETY: argument order and types follow the kernel's signature in src/cuda.
+        // SAFETY: argument order and types follow the kernel's signature in src/kernels/cuda.
         unsafe { builder.launch($cfg) }.w()?;
     }};
 }
@@ -158,7 +164,7 @@ pub fn rms_norm_forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Ten
     let (h32, eps32) = (h as i32, eps as f32);
     launch!(
         dev,
-        ELEMENTWISE,
+        RMS_NORM,
         "rms_norm_fwd_bf16",
         grid((n as u32, 1), row_threads(h)?, 0),
         &px,
@@ -191,7 +197,7 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, dre
     let (h32, has_res) = (h as i32, dres.is_some() as i32);
     launch!(
         dev,
-        ELEMENTWISE,
+        RMS_NORM,
         "rms_norm_bwd_bf16",
         grid((n as u32, 1), row_threads(h)?, 0),
         &pd,
@@ -226,7 +232,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, head_dim: usize, backward: b
     let total = n * heads * head_dim / 4;
     launch!(
         dev,
-        ELEMENTWISE,
+        ROPE,
         "rope_bf16",
         grid((blocks_for(total, 256), 1), 256, 0),
         &px,
@@ -251,7 +257,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = empty(&dev, a.dims(), DType::BF16)?;
     let (pa, pb, po, n8) =
         (ptr(a, DType::BF16, "a")?, ptr(b, DType::BF16, "b")?, ptr(&out, DType::BF16, "out")?, (n / 8) as i32);
-    launch!(dev, ELEMENTWISE, "add_bf16", grid((blocks_for(n / 8, 256), 1), 256, 0), &pa, &pb, &po, &n8);
+    launch!(dev, ADD, "add_bf16", grid((blocks_for(n / 8, 256), 1), 256, 0), &pa, &pb, &po, &n8);
     Ok(out)
 }
 
@@ -270,7 +276,7 @@ pub fn add_rms_norm_forward(a: &Tensor, b: &Tensor, w: &Tensor, eps: f64) -> Res
     let (h32, eps32) = (h as i32, eps as f32);
     launch!(
         dev,
-        ELEMENTWISE,
+        RMS_NORM,
         "add_rms_norm_fwd_bf16",
         grid((n as u32, 1), row_threads(h)?, 0),
         &pa,
@@ -295,7 +301,7 @@ pub fn swiglu_forward(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     }
     let (pg, pu, pa, n2) =
         (ptr(g, DType::BF16, "gate")?, ptr(u, DType::BF16, "up")?, ptr(&a, DType::BF16, "out")?, pairs as i32);
-    launch!(dev, ELEMENTWISE, "swiglu_fwd_bf16", grid((blocks_for(pairs, 256), 1), 256, 0), &pg, &pu, &pa, &n2);
+    launch!(dev, SWIGLU, "swiglu_fwd_bf16", grid((blocks_for(pairs, 256), 1), 256, 0), &pg, &pu, &pa, &n2);
     Ok(a)
 }
 
@@ -308,18 +314,7 @@ pub fn swiglu_backward(da: Tensor, g: &Tensor, u: Tensor) -> Result<(Tensor, Ten
     let pairs = g.elem_count() / 2;
     let (pd, pg, pu) = (ptr(&da, DType::BF16, "da")?, ptr(g, DType::BF16, "gate")?, ptr(&u, DType::BF16, "up")?);
     let (pdg, pdu, n2) = (ptr(&dg, DType::BF16, "dg")?, ptr(&du, DType::BF16, "du")?, pairs as i32);
-    launch!(
-        dev,
-        ELEMENTWISE,
-        "swiglu_bwd_bf16",
-        grid((blocks_for(pairs, 256), 1), 256, 0),
-        &pd,
-        &pg,
-        &pu,
-        &pdg,
-        &pdu,
-        &n2
-    );
+    launch!(dev, SWIGLU, "swiglu_bwd_bf16", grid((blocks_for(pairs, 256), 1), 256, 0), &pd, &pg, &pu, &pdg, &pdu, &n2);
     Ok((dg, du))
 }
 
@@ -333,7 +328,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, scale: f64) -> Result<(Te
     let (pl, pt) = (ptr(logits, DType::BF16, "logits")?, ptr(labels, DType::U32, "labels")?);
     let (pd, pn, v32, s32) =
         (ptr(&dlogits, DType::BF16, "dlogits")?, ptr(&nll, DType::F32, "nll")?, v as i32, scale as f32);
-    launch!(dev, ELEMENTWISE, "cross_entropy_bf16", grid((len as u32, 1), 1024, 0), &pl, &pt, &pd, &pn, &v32, &s32);
+    launch!(dev, CROSS_ENTROPY, "cross_entropy_bf16", grid((len as u32, 1), 1024, 0), &pl, &pt, &pd, &pn, &v32, &s32);
     Ok((nll, dlogits))
 }
 
@@ -365,7 +360,7 @@ pub fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamWStep) -> Re
     let n32 = n as i32;
     launch!(
         dev,
-        ELEMENTWISE,
+        ADAMW,
         "adamw_f32",
         grid((blocks_for(n, 256), 1), 256, 0),
         &ins[0],

@@ -4,6 +4,9 @@
 // another, so element e of the (rows, cols) matrix lives in block e / QK at position
 // e % QK. Each thread expands 8 consecutive values (always inside one block) and writes
 // them as one 16-byte store; the launcher guarantees n % 8 == 0 and n < 2^32.
+//
+// Memory: blocks (u8) in; out (rows, cols) bf16 written with =, into a caller's scratch
+// buffer or a fresh tensor. Accumulation: scale * quant (+ min) in f32, rounded once.
 #include "common.cuh"
 #include <cuda_fp16.h>
 

@@ -21,16 +21,16 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::optimizer::{AdamW, AdamWConfig};
-use super::profile::{timed, Profiler, RegionTime};
-use super::step::{self, LoraGrads, StepOptions, TrainBatch};
 use crate::data::{self, BadRecordPolicy, DataFormat};
 use crate::encode::EncodedExample;
 use crate::lora::{LoraSpec, LoraWeights, Target};
 use crate::model::hub::HubOptions;
 use crate::model::quantized::Quantize;
 use crate::model::{self, LoadOptions, ModelSource};
+use crate::profile::{timed, Profiler, RegionTime};
 use crate::tokenizer::Tokenizer;
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::step::{self, LoraGrads, StepOptions, TrainBatch};
 
 /// The adapter's init seed; PEFT's side uses torch.manual_seed(0) (a different RNG, so
 /// the A matrices differ; B = 0 on both sides makes step 0 the base model on both).

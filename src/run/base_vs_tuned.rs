@@ -21,7 +21,7 @@ use crate::lora::LoraWeights;
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
 
-pub const SAMPLES_FILE: &str = "samples.jsonl";
+use super::layout::SAMPLES_FILE;
 
 /// The regression set, encoded as the training data is.
 pub struct RegressionSet {
@@ -46,7 +46,7 @@ impl RegressionSet {
 
 /// eval.json's `regression` (read back by `loratune report`). `relative_change` and
 /// `threshold` are fractions: 0.05 is 5%.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RegressionReport {
     pub file: PathBuf,
     pub examples: usize,
@@ -60,7 +60,7 @@ pub struct RegressionReport {
 }
 
 /// eval.json's `generation`: mean scores of both models' answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct GenerationReport {
     pub examples: usize,
     pub max_new_tokens: usize,

@@ -6,18 +6,19 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 use crate::data::{self, BadRecordPolicy, DataFormat};
+use crate::digest::sha256_file;
 use crate::encode::{self, EncodedExample};
 use crate::tokenizer::Tokenizer;
 
 /// What the manifest records about each data file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct DataFileStats {
     pub path: PathBuf,
-    pub role: &'static str,
+    /// "train", "eval" or "regression".
+    pub role: String,
     pub sha256: String,
     pub bytes: u64,
     pub format: String,
@@ -29,15 +30,8 @@ pub struct DataFileStats {
     pub tokens: usize,
     pub targets: usize,
     /// With `data.weights`: how many of this file's examples the mix uses.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mixed_in: Option<usize>,
-}
-
-pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let bytes = std::io::copy(&mut f, &mut h)?;
-    Ok((format!("{:x}", h.finalize()), bytes))
 }
 
 /// An encoded example and the record it came from (kept for the generation eval, which
@@ -81,7 +75,7 @@ pub fn encode_file(
     );
     let stats = DataFileStats {
         path: path.to_path_buf(),
-        role,
+        role: role.to_string(),
         sha256,
         bytes,
         format: ds.format.to_string(),
@@ -195,23 +189,24 @@ pub struct DataPosition {
 }
 
 /// Yields the micro-batches of each optimizer step; a step never spans two epochs.
-pub struct Loader<'a> {
+pub struct Loader {
     plan: BatchPlan,
-    lens: &'a [usize],
+    /// Token count of each training example.
+    lens: Vec<usize>,
     pub position: DataPosition,
     current: Vec<MicroBatch>,
 }
 
-impl<'a> Loader<'a> {
-    pub fn new(plan: BatchPlan, lens: &'a [usize], position: DataPosition) -> Self {
-        let current = plan.epoch(lens, position.epoch);
+impl Loader {
+    pub fn new(plan: BatchPlan, lens: Vec<usize>, position: DataPosition) -> Self {
+        let current = plan.epoch(&lens, position.epoch);
         Loader { plan, lens, position, current }
     }
 
     pub fn next_step(&mut self) -> Vec<MicroBatch> {
         if self.position.micro_batch >= self.current.len() {
             self.position = DataPosition { epoch: self.position.epoch + 1, micro_batch: 0 };
-            self.current = self.plan.epoch(self.lens, self.position.epoch);
+            self.current = self.plan.epoch(&self.lens, self.position.epoch);
         }
         let start = self.position.micro_batch;
         let end = (start + self.plan.grad_accum).min(self.current.len());
@@ -257,15 +252,15 @@ mod tests {
     #[test]
     fn loader_resumes_from_a_position() {
         let lens = vec![2; 11];
-        let mut a = Loader::new(plan(false), &lens, DataPosition { epoch: 0, micro_batch: 0 });
+        let mut a = Loader::new(plan(false), lens.clone(), DataPosition { epoch: 0, micro_batch: 0 });
         let all: Vec<Vec<MicroBatch>> = (0..7).map(|_| a.next_step()).collect();
         // 6 micro-batches per epoch, 2 per step: 3 steps per epoch.
         assert_eq!(all[2].len(), 2);
-        let mut b = Loader::new(plan(false), &lens, DataPosition { epoch: 0, micro_batch: 0 });
+        let mut b = Loader::new(plan(false), lens.clone(), DataPosition { epoch: 0, micro_batch: 0 });
         for _ in 0..4 {
             b.next_step();
         }
-        let mut c = Loader::new(plan(false), &lens, b.position);
+        let mut c = Loader::new(plan(false), lens.clone(), b.position);
         assert_eq!(c.next_step(), all[4]);
         assert_eq!(c.next_step(), all[5]);
     }
