@@ -4,7 +4,7 @@
 //! samples.jsonl (checked against `loratune generate` and the text metrics), and
 //! `loratune compare` (the same answers and losses by its own path).
 
-mod common;
+use crate::common;
 
 use loratune::eval::text_metrics;
 use serde_json::Value;
@@ -23,7 +23,7 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-use common::chat_line as chat;
+use crate::common::chat_line as chat;
 
 const WORDS: [&str; 12] =
     ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "kayak", "lemon", "maple"];

@@ -2,10 +2,10 @@
 //! GPU (which the CPU tests check against PEFT and finite differences). Fresh random inputs
 //! every run; errors are ||got - ref|| / ||ref||, printed with `--nocapture`.
 //!
-//! Built only with `--features cuda` and run on the GPU machine:
+//! Built only with `--features cuda` (`required-features` in Cargo.toml) and run on the GPU
+//! machine:
 //!   cargo test --release --features cuda --test cuda_kernels --no-run   (here, see scripts/build-cuda.sh)
 //!   scripts/gpu/check-kernels.sh                                         (there)
-#![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};

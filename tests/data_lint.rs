@@ -1,7 +1,7 @@
 //! `loratune data lint` and `data dedup` on small files with every kind of finding planted
 //! at a known line, and the lint that `loratune train` runs first.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 use std::collections::HashSet;

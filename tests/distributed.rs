@@ -4,7 +4,7 @@
 //! process takes with twice the accumulation; only rank 0 writes; a resume needs the same
 //! number of ranks; two "machines" meeting through MASTER_ADDR/MASTER_PORT make one group.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! the tiny preset from a safetensors folder and from GGUF, and for SmolLM2
 //! from its Q4_1 GGUF; the folder is a complete, re-loadable Hugging Face checkpoint.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use loratune::generate::cached_forward::all_logits;

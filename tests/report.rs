@@ -3,7 +3,7 @@
 //! the HTML checked for escaping and for external resources, and the page rendered by
 //! headless Chromium to a PNG in which the loss curves must be visible.
 
-mod common;
+use crate::common;
 
 use loratune::report::plot::{EVAL_COLOR, SMOOTHED_COLOR};
 use serde_json::{json, Value};

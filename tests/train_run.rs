@@ -3,7 +3,7 @@
 //! after SIGKILL, divergence handling and early stopping. Everything goes through the
 //! real binary in a temporary folder.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
