@@ -160,7 +160,7 @@ fn lint_reports_every_planted_finding_at_its_line() {
     assert_eq!(near.len(), 1, "{near:?}");
     assert_eq!(at(&near[0]["members"]), vec![t(7), t(8)]);
     let want = jaccard(&train[6], &train[7]);
-    assert!(want >= 0.8 && want < 1.0, "{want}");
+    assert!((0.8..1.0).contains(&want), "{want}");
     assert_eq!(near[0]["pairs"][0]["jaccard"].as_f64().unwrap(), want);
     assert_eq!(near[0]["jaccard_min"].as_f64().unwrap(), want);
 

@@ -303,7 +303,7 @@ fn ctrl_c_checkpoints_and_resume_reaches_the_uninterrupted_adapter_bitwise() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     let m = read_json(&d.join("run/run.json"));
     let stopped_at = m["steps_completed"].as_u64().unwrap();
-    assert!(stopped_at >= 1 && stopped_at < 12, "stopped at {stopped_at}");
+    assert!((1..12).contains(&stopped_at), "stopped at {stopped_at}");
     assert!(d.join(format!("run/checkpoints/step-{stopped_at}/trainer_state.json")).is_file());
     assert!(!d.join("run/adapter_model.safetensors").exists(), "an interrupted run writes no final adapter");
 
