@@ -144,7 +144,7 @@ mod tests {
     fn adamw_matches_torch_formula() {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let p = Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
-        let mut opt = AdamW::new(cfg, &[p.clone()]).unwrap();
+        let mut opt = AdamW::new(cfg, std::slice::from_ref(&p)).unwrap();
         let g1 = Tensor::new(&[0.5f32, -0.25], &Device::Cpu).unwrap();
         let p1 = opt.update(&[p], &[g1], 0.01).unwrap().remove(0);
         // Step 1: m = 0.1 g, v = 0.001 g^2, bias-corrected m/sqrt(v) = sign(g).
