@@ -1,7 +1,7 @@
 //! Bad input ends with one clear message naming the file (and line or tensor) and what is
 //! wrong, a non-zero exit, and never a panic.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

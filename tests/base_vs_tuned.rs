@@ -4,8 +4,9 @@
 //! samples.jsonl (checked against `loratune generate` and the text metrics), and
 //! `loratune compare` (the same answers and losses by its own path).
 
-mod common;
+use crate::common;
 
+use loratune::config::TrainConfig;
 use loratune::eval::text_metrics;
 use serde_json::Value;
 use std::path::Path;
@@ -23,7 +24,7 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-use common::chat_line as chat;
+use crate::common::chat_line as chat;
 
 const WORDS: [&str; 12] =
     ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "kayak", "lemon", "maple"];
@@ -82,35 +83,19 @@ fn generate(d: &Path, model: &Path, adapter: Option<&Path>, data: &str, max_new:
     read_jsonl(&out).iter().map(|r| r["output"].as_str().unwrap().trim().to_string()).collect()
 }
 
-/// A run config on `model`: `data` and `eval` lines go into their sections.
-fn config(model: &Path, data: &str, out: &str, steps: usize, eval: &str) -> String {
-    format!(
-        r#"
-[model]
-path = "{}"
-[lora]
-r = 4
-alpha = 8.0
-target_modules = ["q_proj", "v_proj"]
-[data]
-{data}
-max_seq_len = 96
-[train]
-max_steps = {steps}
-micro_batch_size = 4
-lr = 1e-2
-seed = 3
-[eval]
-every = 6
-batch_size = 4
-{eval}
-[output]
-dir = "{out}"
-[device]
-name = "cpu"
-"#,
-        model.display()
-    )
+/// A run config on `model`, training on `train` for `steps` steps into `out`.
+fn config(model: &Path, train: &[&str], out: &str, steps: usize) -> TrainConfig {
+    let mut c = common::run_config(model, train, out, &[r#"lora.target_modules=["q_proj", "v_proj"]"#]);
+    c.lora.r = 4;
+    c.lora.alpha = 8.0;
+    c.data.max_seq_len = 96;
+    c.train.max_steps = Some(steps);
+    c.train.micro_batch_size = 4;
+    c.train.lr = 1e-2;
+    c.train.seed = 3;
+    c.eval.every = 6;
+    c.eval.batch_size = 4;
+    c
 }
 
 #[test]
@@ -126,10 +111,10 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
         &d.join("echo.jsonl"),
         &(100..160).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>(),
     );
-    common::write(
-        &d.join("pre.toml"),
-        &config(&tiny, "train = \"echo.jsonl\"\neval_fraction = 0.0", "pre", 30, "generate_examples = 0"),
-    );
+    let mut pre = config(&tiny, &["echo.jsonl"], "pre", 30);
+    pre.data.eval_fraction = 0.0;
+    pre.eval.generate_examples = 0;
+    common::write_config(&d.join("pre.toml"), &pre);
     let o = common::loratune(d, &["train", "pre.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let o =
@@ -147,10 +132,14 @@ fn run_mixes_data_checks_regression_and_writes_scored_samples() {
         &d.join("regression.jsonl"),
         &(100..110).map(|i| chat(&format!("Say {}", word(i)), &word(i))).collect::<String>(),
     );
-    let data = "train = [\"task.jsonl\", \"general.jsonl\"]\nweights = [0.8, 0.2]\neval = \"eval.jsonl\"";
-    let extra =
-        "regression = \"regression.jsonl\"\nregression_threshold = 0.0\ngenerate_examples = 3\nmax_new_tokens = 12";
-    common::write(&d.join("run.toml"), &config(&model, data, "run", 12, extra));
+    let mut cfg = config(&model, &["task.jsonl", "general.jsonl"], "run", 12);
+    cfg.data.weights = Some(vec![0.8, 0.2]);
+    cfg.data.eval = Some("eval.jsonl".into());
+    cfg.eval.regression = Some("regression.jsonl".into());
+    cfg.eval.regression_threshold = 0.0;
+    cfg.eval.generate_examples = 3;
+    cfg.eval.max_new_tokens = 12;
+    common::write_config(&d.join("run.toml"), &cfg);
     let o = common::loratune(d, &["train", "run.toml"]);
     let stdout = common::stdout(&o);
     assert!(o.status.success(), "{stdout}\n{}", common::stderr(&o));

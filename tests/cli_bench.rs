@@ -2,7 +2,7 @@
 //! files; the JSON names the job and the first step's loss is the base model's (B = 0),
 //! about ln(vocab) for an untrained model on random ids.
 
-mod common;
+use crate::common;
 
 #[test]
 fn preset_bench_needs_no_files_and_reports_the_job() {

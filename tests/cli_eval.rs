@@ -2,7 +2,7 @@
 //! their formats, evaluated by the binary in one command, give transformers' loss; the same
 //! conversations in alpaca, sharegpt and messages layouts give identical results.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 

@@ -1,11 +1,12 @@
 //! The CUDA kernels against the candle-op formulation of the same math in f32 on the same
 //! GPU (which the CPU tests check against PEFT and finite differences). Fresh random inputs
-//! every run; errors are ||got - ref|| / ||ref||, printed with `--nocapture`.
+//! every run, from a seed each test prints (`LORATUNE_TEST_SEED=N` replays one); errors are
+//! ||got - ref|| / ||ref||, printed with `--nocapture`.
 //!
-//! Built only with `--features cuda` and run on the GPU machine:
+//! Built only with `--features cuda` (`required-features` in Cargo.toml) and run on the GPU
+//! machine:
 //!   cargo test --release --features cuda --test cuda_kernels --no-run   (here, see scripts/build-cuda.sh)
 //!   scripts/gpu/check-kernels.sh                                         (there)
-#![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor, D};
 use rand::{Rng, SeedableRng};
@@ -14,14 +15,33 @@ use rand_chacha::ChaCha8Rng;
 use loratune::encode::EncodedExample;
 use loratune::kernels::cuda as ck;
 use loratune::lora::{LoraSpec, LoraWeights, Target};
-use loratune::model::init::{preset, random_model_as};
+use loratune::model::init::{init_tensor, preset, random_model_as};
 use loratune::model::ModelConfig;
 use loratune::train::ops::{self, AttnShape};
 use loratune::train::optimizer::{AdamW, AdamWConfig};
 use loratune::train::step::{forward_backward, LoraGrads, StepOptions, TrainBatch};
 
-fn gpu() -> Device {
-    loratune::gpu::open_cuda(0).expect("these tests need a CUDA GPU")
+/// The GPU, its random generator seeded with `seed`.
+fn gpu(seed: u64) -> Device {
+    let dev = loratune::gpu::open_cuda(0).expect("these tests need a CUDA GPU");
+    dev.set_seed(seed).unwrap();
+    dev
+}
+
+/// This test's seed: `LORATUNE_TEST_SEED` when set, else a fresh one; printed, so that a
+/// failure's output tells how to replay it.
+fn test_seed(test: &str) -> u64 {
+    let seed: u64 = match std::env::var("LORATUNE_TEST_SEED") {
+        Ok(s) => s.parse().expect("LORATUNE_TEST_SEED is a whole number"),
+        Err(_) => rand::random(),
+    };
+    println!("{test}: seed {seed} (LORATUNE_TEST_SEED={seed} replays it)");
+    seed
+}
+
+/// N(0, std) values on the CPU from `seed` (candle's CPU `randn` cannot be seeded).
+fn cpu_randn(name: &str, shape: &[usize], std: f32, seed: u64) -> Tensor {
+    init_tensor(name, shape, seed, std).unwrap()
 }
 
 fn randn(shape: &[usize], std: f32, dev: &Device) -> Tensor {
@@ -52,8 +72,8 @@ fn check(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
 
 /// A batch layout with packing and padding: row 0 holds examples of `a` and `b` tokens then
 /// padding, row 1 one example filling the row.
-fn packed_batch(t: usize, a: usize, b: usize, vocab: usize, dev: &Device) -> TrainBatch {
-    let mut rng = ChaCha8Rng::seed_from_u64(rand::random());
+fn packed_batch(t: usize, a: usize, b: usize, vocab: usize, seed: u64, dev: &Device) -> TrainBatch {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut ex = |len: usize| EncodedExample {
         input_ids: (0..len).map(|_| rng.gen_range(0..vocab as u32)).collect(),
         target_mask: (0..len).map(|j| u8::from(j >= len / 4)).collect(),
@@ -68,13 +88,14 @@ fn packed_batch(t: usize, a: usize, b: usize, vocab: usize, dev: &Device) -> Tra
 /// that is not a multiple of the 64-row tiles.
 #[test]
 fn flash_attention_matches_reference() {
-    let dev = gpu();
+    let seed = test_seed("flash_attention_matches_reference");
+    let dev = gpu(seed);
     for (d, warps) in [(64, "4"), (128, "4"), (64, "8"), (128, "8")] {
         std::env::set_var("LORATUNE_FLASH_WARPS", warps);
         println!("{warps} warps per block:");
         let (b, t, nh, nkv) = (2, 200, 6, 2);
         let s = AttnShape { b, t, nh, nkv, d };
-        let batch = packed_batch(t, 120, 57, 100, &dev);
+        let batch = packed_batch(t, 120, 57, 100, seed, &dev);
         let n = b * t;
         let (q, k, v) =
             (randn(&[n, nh * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev));
@@ -101,7 +122,8 @@ fn flash_attention_matches_reference() {
 
 #[test]
 fn elementwise_kernels_match_reference() {
-    let dev = gpu();
+    let seed = test_seed("elementwise_kernels_match_reference");
+    let dev = gpu(seed);
     let (n, h) = (300, 1536);
     let x = randn(&[n, h], 1.0, &dev);
     let w = (randn(&[h], 0.2, &dev).to_dtype(DType::F32).unwrap() + 1.0).unwrap().to_dtype(DType::BF16).unwrap();
@@ -167,7 +189,7 @@ fn elementwise_kernels_match_reference() {
     // Cross-entropy: loss and logit gradient of 70 rows over a 49152 vocabulary.
     let (rows, vocab) = (70, 49152);
     let logits = randn(&[rows, vocab], 3.0, &dev);
-    let mut rng = ChaCha8Rng::seed_from_u64(rand::random());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let labels: Vec<u32> = (0..rows).map(|_| rng.gen_range(0..vocab as u32)).collect();
     let labels = Tensor::new(labels.as_slice(), &dev).unwrap();
     let (nll, dl) = ck::cross_entropy(&logits, &labels, 0.25).unwrap();
@@ -183,14 +205,15 @@ fn elementwise_kernels_match_reference() {
 /// The fused AdamW kernel against the candle-op update on the CPU, three steps.
 #[test]
 fn adamw_kernel_matches_cpu_update() {
-    let dev = gpu();
+    let seed = test_seed("adamw_kernel_matches_cpu_update");
+    let dev = gpu(seed);
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
-    let p0 = Tensor::randn(0f32, 1.0, (64, 33), &Device::Cpu).unwrap();
+    let p0 = cpu_randn("p0", &[64, 33], 1.0, seed);
     let (mut gpu_opt, mut cpu_opt) =
         (AdamW::new(cfg, &[p0.to_device(&dev).unwrap()]).unwrap(), AdamW::new(cfg, &[p0.clone()]).unwrap());
     let (mut pg, mut pc) = (p0.to_device(&dev).unwrap(), p0);
-    for _ in 0..3 {
-        let g = Tensor::randn(0f32, 1.0, (64, 33), &Device::Cpu).unwrap();
+    for step in 0..3 {
+        let g = cpu_randn(&format!("g{step}"), &[64, 33], 1.0, seed);
         pg = gpu_opt.update(&[pg], &[g.to_device(&dev).unwrap()], 1e-2).unwrap().remove(0);
         pc = cpu_opt.update(&[pc], &[g], 1e-2).unwrap().remove(0);
     }
@@ -201,7 +224,8 @@ fn adamw_kernel_matches_cpu_update() {
 /// attention, fused kernels, bf16 LoRA compute) against the f32 CUDA path (candle ops).
 #[test]
 fn bf16_step_matches_f32_step() {
-    let dev = gpu();
+    let seed = test_seed("bf16_step_matches_f32_step");
+    let dev = gpu(seed);
     let cfg = ModelConfig {
         vocab_size: 2048,
         hidden_size: 576,
@@ -212,7 +236,6 @@ fn bf16_step_matches_f32_step() {
         head_dim: 64,
         ..preset("tiny").unwrap()
     };
-    let seed = rand::random::<u64>() % 1000;
     // Both models hold the same bf16-rounded weights, so only the arithmetic differs.
     let m16 = random_model_as(&cfg, seed, 0.05, &dev, DType::BF16).unwrap();
     let named: std::collections::HashMap<String, Tensor> = m16
@@ -228,7 +251,7 @@ fn bf16_step_matches_f32_step() {
     let mut lora = LoraWeights::init(&spec, &cfg, 1, &dev).unwrap();
     let ts: Vec<Tensor> = lora.tensors().iter().map(|t| Tensor::randn(0f32, 0.05, t.dims(), &dev).unwrap()).collect();
     lora.set_tensors(ts.into_iter());
-    let batch = packed_batch(200, 90, 70, cfg.vocab_size, &dev);
+    let batch = packed_batch(200, 90, 70, cfg.vocab_size, seed, &dev);
 
     let run = |m: &loratune::model::Llama, checkpointing: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
@@ -271,8 +294,9 @@ fn bf16_step_matches_f32_step() {
 #[test]
 fn dequantize_kernels_match_candle() {
     use candle_core::quantized::{GgmlDType, QTensor};
-    let dev = gpu();
-    let w = Tensor::randn(0f32, 0.3, (96, 512), &Device::Cpu).unwrap();
+    let seed = test_seed("dequantize_kernels_match_candle");
+    let dev = gpu(seed);
+    let w = cpu_randn("w", &[96, 512], 0.3, seed);
     for format in loratune::model::quantized::CUDA_FORMATS {
         let q = QTensor::quantize(&w, format).unwrap();
         let want = q.dequantize(&Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
@@ -291,7 +315,8 @@ fn dequantize_kernels_match_candle() {
 /// the dense bf16 step on the same, dequantized weights: loss and LoRA gradients.
 #[test]
 fn quantized_step_matches_dense_step_on_the_same_weights() {
-    let dev = gpu();
+    let seed = test_seed("quantized_step_matches_dense_step_on_the_same_weights");
+    let dev = gpu(seed);
     let cfg = ModelConfig {
         vocab_size: 2048,
         hidden_size: 512,
@@ -306,7 +331,7 @@ fn quantized_step_matches_dense_step_on_the_same_weights() {
     let mut lora = LoraWeights::init(&spec, &cfg, 1, &dev).unwrap();
     let ts: Vec<Tensor> = lora.tensors().iter().map(|t| Tensor::randn(0f32, 0.05, t.dims(), &dev).unwrap()).collect();
     lora.set_tensors(ts.into_iter());
-    let batch = packed_batch(200, 90, 70, cfg.vocab_size, &dev);
+    let batch = packed_batch(200, 90, 70, cfg.vocab_size, seed, &dev);
     for format in [candle_core::quantized::GgmlDType::Q4_1, candle_core::quantized::GgmlDType::Q4K] {
         let mut q = random_model_as(&cfg, 5, 0.05, &dev, DType::BF16).unwrap();
         loratune::model::quantized::quantize_model(&mut q, format).unwrap();

@@ -1,7 +1,7 @@
 //! `loratune data lint` and `data dedup` on small files with every kind of finding planted
 //! at a known line, and the lint that `loratune train` runs first.
 
-mod common;
+use crate::common;
 
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -160,7 +160,7 @@ fn lint_reports_every_planted_finding_at_its_line() {
     assert_eq!(near.len(), 1, "{near:?}");
     assert_eq!(at(&near[0]["members"]), vec![t(7), t(8)]);
     let want = jaccard(&train[6], &train[7]);
-    assert!(want >= 0.8 && want < 1.0, "{want}");
+    assert!((0.8..1.0).contains(&want), "{want}");
     assert_eq!(near[0]["pairs"][0]["jaccard"].as_f64().unwrap(), want);
     assert_eq!(near[0]["jaccard_min"].as_f64().unwrap(), want);
 
@@ -405,16 +405,19 @@ fn model_token_counts_match_the_tokenizer() {
     assert!((stats["mean"].as_f64().unwrap() - counts.iter().sum::<usize>() as f64 / 6.0).abs() < 1e-9);
 }
 
-fn train_config(d: &Path, model: &Path, data: &str, extra_data: &str) -> std::path::PathBuf {
+/// Writes `data` as train.jsonl and a one-step run config on it (no eval set) as run.toml,
+/// with `overrides` (`SECTION.KEY=VALUE`) applied.
+fn train_config(d: &Path, model: &Path, data: &str, overrides: &[&str]) -> std::path::PathBuf {
     common::write(&d.join("train.jsonl"), data);
+    let mut c = common::run_config(model, &["train.jsonl"], "run", overrides);
+    c.lora.r = 2;
+    c.lora.alpha = 4.0;
+    c.data.eval_fraction = 0.0;
+    c.data.max_seq_len = 64;
+    c.train.max_steps = Some(1);
+    c.train.micro_batch_size = 2;
     let cfg = d.join("run.toml");
-    common::write(
-        &cfg,
-        &format!(
-            "[model]\npath = \"{}\"\n[lora]\nr = 2\nalpha = 4.0\n[data]\ntrain = \"train.jsonl\"\neval_fraction = 0.0\nmax_seq_len = 64\n{extra_data}\n[train]\nmax_steps = 1\nmicro_batch_size = 2\n[output]\ndir = \"run\"\n[device]\nname = \"cpu\"\n",
-            model.display()
-        ),
-    );
+    common::write_config(&cfg, &c);
     cfg
 }
 
@@ -428,7 +431,7 @@ fn train_runs_the_lint_first() {
     let with_empty = format!("{good}{}", chat(&[("user", "say nothing"), ("assistant", "")]));
 
     // An empty answer is a lint error: the run stops before loading the model.
-    train_config(d, &model, &with_empty, "");
+    train_config(d, &model, &with_empty, &[]);
     let o = common::loratune(d, &["train", "run.toml"]);
     assert!(!o.status.success());
     let err = common::stderr(&o);
@@ -450,7 +453,7 @@ fn train_runs_the_lint_first() {
 
     // Bad records under on_bad_record = "skip" are warnings: the default lint lets it run.
     std::fs::remove_dir_all(d.join("run")).unwrap();
-    train_config(d, &model, &format!("{good}not json\n"), "on_bad_record = \"skip\"");
+    train_config(d, &model, &format!("{good}not json\n"), &["data.on_bad_record=skip"]);
     let o = common::loratune(d, &["train", "run.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let manifest = read_json(&d.join("run/run.json"));
@@ -464,7 +467,7 @@ fn train_runs_the_lint_first() {
     );
     // ... and lint = "off" skips it.
     std::fs::remove_dir_all(d.join("run")).unwrap();
-    train_config(d, &model, &with_empty, "lint = \"off\"");
+    train_config(d, &model, &with_empty, &["data.lint=off"]);
     let o = common::loratune(d, &["train", "run.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert_eq!(read_json(&d.join("run/run.json"))["lint"], Value::Null);

@@ -4,7 +4,7 @@
 //! process takes with twice the accumulation; only rank 0 writes; a resume needs the same
 //! number of ranks; two "machines" meeting through MASTER_ADDR/MASTER_PORT make one group.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -39,44 +39,30 @@ fn setup(d: &Path) {
     };
     common::write(&d.join("train.jsonl"), &(0..48).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(48..58).map(line).collect::<String>());
-    common::write(
-        &d.join("run.toml"),
-        &format!(
-            r#"
-[model]
-path = "{}"
-[lora]
-r = 4
-alpha = 8.0
-dropout = 0.1
-target_modules = ["q_proj", "v_proj", "down_proj"]
-[data]
-train = "train.jsonl"
-eval = "eval.jsonl"
-max_seq_len = 96
-lint = "warn"
-[train]
-max_steps = 8
-micro_batch_size = 4
-grad_accum = 1
-lr = 5e-3
-warmup_steps = 2
-seed = 11
-[eval]
-every = 4
-batch_size = 3
-generate_examples = 0
-[output]
-dir = "run"
-checkpoint_every = 4
-keep_checkpoints = 10
-[device]
-name = "cpu"
-threads = 1
-"#,
-            model.display()
-        ),
+    let mut c = common::run_config(
+        &model,
+        &["train.jsonl"],
+        "run",
+        &[r#"lora.target_modules=["q_proj", "v_proj", "down_proj"]"#, "data.lint=warn"],
     );
+    c.lora.r = 4;
+    c.lora.alpha = 8.0;
+    c.lora.dropout = 0.1;
+    c.data.eval = Some("eval.jsonl".into());
+    c.data.max_seq_len = 96;
+    c.train.max_steps = Some(8);
+    c.train.micro_batch_size = 4;
+    c.train.grad_accum = 1;
+    c.train.lr = 5e-3;
+    c.train.warmup_steps = 2;
+    c.train.seed = 11;
+    c.eval.every = 4;
+    c.eval.batch_size = 3;
+    c.eval.generate_examples = 0;
+    c.output.checkpoint_every = 4;
+    c.output.keep_checkpoints = 10;
+    c.device.threads = Some(1);
+    common::write_config(&d.join("run.toml"), &c);
 }
 
 /// Starts loratune in `d` with `env` added, its output captured.

@@ -2,7 +2,7 @@
 //! equals transformers' (tests/fixtures/generate_greedy.json), sampling is seeded, and batch
 //! mode writes one JSONL row per prompt with file:line errors for bad ones.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use loratune::chat::{Message, Role};

@@ -3,12 +3,13 @@
 //! the tiny preset from a safetensors folder and from GGUF, and for SmolLM2
 //! from its Q4_1 GGUF; the folder is a complete, re-loadable Hugging Face checkpoint.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use loratune::generate::cached_forward::all_logits;
 use loratune::lora::{self, LoraSpec, LoraWeights, Target};
 use loratune::model::hub::HubOptions;
+use loratune::model::init::init_tensor;
 use loratune::model::{self, LoadOptions, LoadedModel, ModelSource};
 use std::path::Path;
 
@@ -17,11 +18,13 @@ fn load(path: &Path) -> LoadedModel {
     model::load(&ModelSource::parse(path.to_str().unwrap()).unwrap(), &opts).unwrap()
 }
 
-/// An adapter on every projection with B != 0 (a fresh one is the base model exactly).
+/// An adapter on every projection with B != 0 (a fresh one is the base model exactly):
+/// every A and B drawn from N(0, 0.1) by `seed` (candle's CPU `randn` cannot be seeded).
 fn random_adapter(cfg: &loratune::model::ModelConfig, seed: u64) -> LoraWeights {
     let spec = LoraSpec { r: 4, alpha: 16.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
     let mut w = LoraWeights::init(&spec, cfg, seed, &Device::Cpu).unwrap();
-    let noisy: Vec<Tensor> = w.tensors().iter().map(|t| t.randn_like(0.0, 0.1).unwrap()).collect();
+    let noisy: Vec<Tensor> =
+        w.named_tensors().iter().map(|(name, t)| init_tensor(name, t.dims(), seed, 0.1).unwrap()).collect();
     w.set_tensors(noisy.into_iter());
     w
 }

@@ -3,7 +3,7 @@
 //! scripts/reference/make_peft_adapter.py): loratune reads it with PEFT's scaling and computes
 //! the loss PEFT computed with it, and with the adapter's B set to zero, the base loss.
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use loratune::encode::EncodedExample;

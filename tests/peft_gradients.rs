@@ -3,7 +3,7 @@
 //! The adapter there was written by PEFT's own save_pretrained, so this also checks that
 //! loratune reads PEFT adapters.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use loratune::data::Record;

@@ -5,7 +5,7 @@
 //! (`q8_0`) stays within quantization error of the dense model. The GPU's bf16 kernels are
 //! checked against candle's decoder in tests/cuda_kernels.rs.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use loratune::encode::EncodedExample;

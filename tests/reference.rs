@@ -2,7 +2,7 @@
 //! texts and conversations, on SmolLM2-135M-Instruct (GGUF) and the tiny presets.
 //! Fixtures come from scripts/reference/make_fixtures.py (see its README to rerun).
 
-mod common;
+use crate::common;
 
 use candle_core::Device;
 use loratune::chat::{Message, Role};

@@ -3,7 +3,7 @@
 //! the HTML checked for escaping and for external resources, and the page rendered by
 //! headless Chromium to a PNG in which the loss curves must be visible.
 
-mod common;
+use crate::common;
 
 use loratune::report::plot::{EVAL_COLOR, SMOOTHED_COLOR};
 use serde_json::{json, Value};
@@ -34,41 +34,23 @@ fn trained_run(d: &Path) -> PathBuf {
         format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"Say {w}\"}}, {{\"role\": \"assistant\", \"content\": \"{w}\"}}]}}\n", w = word(i))
     };
     common::write(&d.join("keep-skills.jsonl"), &(40..46).map(echo).collect::<String>());
-    common::write(
-        &d.join("run.toml"),
-        &format!(
-            r#"
-[model]
-path = "{}"
-[lora]
-r = 4
-alpha = 8.0
-target_modules = ["q_proj", "v_proj"]
-[data]
-train = "train.jsonl"
-eval = "eval.jsonl"
-max_seq_len = 64
-[train]
-max_steps = 8
-micro_batch_size = 4
-grad_accum = 1
-lr = 5e-3
-warmup_steps = 2
-seed = 3
-[eval]
-every = 4
-batch_size = 4
-regression = "keep-skills.jsonl"
-generate_examples = 2
-max_new_tokens = 8
-[output]
-dir = "run"
-[device]
-name = "cpu"
-"#,
-            model.display()
-        ),
-    );
+    let mut c = common::run_config(&model, &["train.jsonl"], "run", &[r#"lora.target_modules=["q_proj", "v_proj"]"#]);
+    c.lora.r = 4;
+    c.lora.alpha = 8.0;
+    c.data.eval = Some("eval.jsonl".into());
+    c.data.max_seq_len = 64;
+    c.train.max_steps = Some(8);
+    c.train.micro_batch_size = 4;
+    c.train.grad_accum = 1;
+    c.train.lr = 5e-3;
+    c.train.warmup_steps = 2;
+    c.train.seed = 3;
+    c.eval.every = 4;
+    c.eval.batch_size = 4;
+    c.eval.regression = Some("keep-skills.jsonl".into());
+    c.eval.generate_examples = 2;
+    c.eval.max_new_tokens = 8;
+    common::write_config(&d.join("run.toml"), &c);
     let o = common::loratune(d, &["train", "run.toml"]);
     assert!(o.status.success(), "train failed: {}", common::stderr(&o));
     d.join("run")

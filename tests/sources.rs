@@ -2,7 +2,7 @@
 //! resolved from a cache folder the test builds, and a GGUF file. All must give
 //! identical logits.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Tensor};
 use loratune::model::hub::HubOptions;

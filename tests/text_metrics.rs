@@ -2,7 +2,7 @@
 //! scripts/reference/make_text_metrics_fixture.py (ROUGE-L from Google's rouge-score,
 //! exact match and token F1 by SQuAD's definitions).
 
-mod common;
+use crate::common;
 
 use loratune::eval::text_metrics::{exact_match, json_valid, rouge_l, token_f1};
 

@@ -3,7 +3,7 @@
 //! after SIGKILL, divergence handling and early stopping. Everything goes through the
 //! real binary in a temporary folder.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -31,7 +31,7 @@ fn sha256_hex(path: &Path) -> String {
 
 /// A tiny model (byte tokens) and a run config training it to upper-case a word: 48
 /// training conversations, 8 held out. Returns the config path.
-fn setup(d: &Path, steps: usize, extra: &str) -> PathBuf {
+fn setup(d: &Path, steps: usize) -> PathBuf {
     let model = common::init_tiny(d, "tiny", &[]);
     let words = [
         "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "inlet", "jolly", "kayak", "lemon",
@@ -43,47 +43,32 @@ fn setup(d: &Path, steps: usize, extra: &str) -> PathBuf {
     };
     common::write(&d.join("train.jsonl"), &(0..48).map(line).collect::<String>());
     common::write(&d.join("eval.jsonl"), &(48..56).map(line).collect::<String>());
-    let cfg = d.join("run.toml");
-    common::write(
-        &cfg,
-        &format!(
-            r#"
-[model]
-path = "{model}"
-[lora]
-r = 4
-alpha = 8.0
-dropout = 0.1
-target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]
-[data]
-train = "train.jsonl"
-eval = "eval.jsonl"
-max_seq_len = 96
-# The 16-word vocabulary repeats every 16 lines: train holds each conversation three times
-# and eval repeats train's first eight, which the data lint rightly calls duplicates and
-# leakage. These tests are about the run's mechanics, so the lint only warns.
-lint = "warn"
-[train]
-max_steps = {steps}
-micro_batch_size = 4
-grad_accum = 2
-lr = 5e-3
-warmup_steps = 2
-seed = 7
-[eval]
-every = 4
-batch_size = 4
-[output]
-dir = "run"
-checkpoint_every = 4
-keep_checkpoints = 50
-[device]
-name = "cpu"
-{extra}
-"#,
-            model = model.display()
-        ),
+    // The 16-word vocabulary repeats every 16 lines: train holds each conversation three times
+    // and eval repeats train's first eight, which the data lint rightly calls duplicates and
+    // leakage. These tests are about the run's mechanics, so the lint only warns.
+    let mut c = common::run_config(
+        &model,
+        &["train.jsonl"],
+        "run",
+        &[r#"lora.target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]"#, "data.lint=warn"],
     );
+    c.lora.r = 4;
+    c.lora.alpha = 8.0;
+    c.lora.dropout = 0.1;
+    c.data.eval = Some("eval.jsonl".into());
+    c.data.max_seq_len = 96;
+    c.train.max_steps = Some(steps);
+    c.train.micro_batch_size = 4;
+    c.train.grad_accum = 2;
+    c.train.lr = 5e-3;
+    c.train.warmup_steps = 2;
+    c.train.seed = 7;
+    c.eval.every = 4;
+    c.eval.batch_size = 4;
+    c.output.checkpoint_every = 4;
+    c.output.keep_checkpoints = 50;
+    let cfg = d.join("run.toml");
+    common::write_config(&cfg, &c);
     cfg
 }
 
@@ -97,7 +82,7 @@ fn train(d: &Path, args: &[&str]) -> std::process::Output {
 fn run_writes_a_peft_adapter_metrics_eval_report_and_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    setup(d, 12, "");
+    setup(d, 12);
     let o = train(d, &["run.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let run = d.join("run");
@@ -241,7 +226,7 @@ fn run_writes_a_peft_adapter_metrics_eval_report_and_manifest() {
 /// The final adapter, the last checkpoint's optimizer moments and the metrics of an
 /// uninterrupted run of `steps` steps.
 fn reference_run(d: &Path, steps: usize) -> (Vec<u8>, Vec<u8>, Vec<Value>) {
-    setup(d, steps, "");
+    setup(d, steps);
     let o = train(d, &["run.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let run = d.join("run");
@@ -290,7 +275,7 @@ fn ctrl_c_checkpoints_and_resume_reaches_the_uninterrupted_adapter_bitwise() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Same run, checkpointing only at the end, so the Ctrl-C checkpoint is the only one.
-    setup(d, 12, "");
+    setup(d, 12);
     let mut child = spawn_train(d, &["run.toml", "--set", "output.checkpoint_every=0"]);
     // Interrupt as soon as the run has written its manifest (the handler is installed
     // before that): the run finishes the step it is in, checkpoints and stops.
@@ -303,7 +288,7 @@ fn ctrl_c_checkpoints_and_resume_reaches_the_uninterrupted_adapter_bitwise() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     let m = read_json(&d.join("run/run.json"));
     let stopped_at = m["steps_completed"].as_u64().unwrap();
-    assert!(stopped_at >= 1 && stopped_at < 12, "stopped at {stopped_at}");
+    assert!((1..12).contains(&stopped_at), "stopped at {stopped_at}");
     assert!(d.join(format!("run/checkpoints/step-{stopped_at}/trainer_state.json")).is_file());
     assert!(!d.join("run/adapter_model.safetensors").exists(), "an interrupted run writes no final adapter");
 
@@ -337,7 +322,7 @@ fn sigkilled_run_resumes_from_its_last_checkpoint_to_the_same_adapter() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    setup(d, 40, "");
+    setup(d, 40);
     let mut child = spawn_train(d, &["run.toml"]);
     // Kill without warning once the step-4 checkpoint exists: whatever the process was
     // doing then (training a later step, writing the next checkpoint into its temporary
@@ -376,7 +361,7 @@ fn a_half_written_checkpoint_is_ignored_on_resume() {
     // without its state file (as a copy interrupted by a full disk would leave).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    setup(d, 12, "");
+    setup(d, 12);
     let run = d.join("run");
     let src = ref_dir.path().join("run");
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
@@ -409,7 +394,7 @@ fn diverging_run_stops_with_a_clear_error_and_keeps_its_last_checkpoint() {
     let d = dir.path();
     // An absurd learning rate without clipping: after the first update A and B hold
     // values near 1e30, and the next forward overflows f32.
-    setup(d, 12, "");
+    setup(d, 12);
     let o = train(
         d,
         &[
@@ -450,7 +435,7 @@ fn early_stopping_ends_the_run_after_patience_evals_without_improvement() {
     let d = dir.path();
     // min_delta larger than any possible gain: every eval after the base one fails to
     // improve, so with patience 2 the run stops at the second eval (step 8 of 40).
-    setup(d, 40, "");
+    setup(d, 40);
     let o = train(
         d,
         &["run.toml", "--set", "eval.early_stopping_patience=2", "--set", "eval.early_stopping_min_delta=100.0"],
@@ -473,7 +458,7 @@ fn early_stopping_ends_the_run_after_patience_evals_without_improvement() {
 fn a_run_continues_from_a_saved_peft_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    setup(d, 4, "");
+    setup(d, 4);
     let o = train(d, &["run.toml"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let first_final = read_json(&d.join("run/eval.json"))["final"]["loss"].as_f64().unwrap();

@@ -403,6 +403,11 @@ mod tests {
         assert!((op.nll_sum() - nll).abs() < 1e-5 * nll, "{} vs {nll}", op.nll_sum());
     }
 
+    /// N(0, std) values from a fixed seed (candle's CPU `randn` cannot be seeded).
+    fn randn(name: &str, shape: &[usize], std: f32) -> Tensor {
+        crate::model::init::init_tensor(name, shape, 0, std).unwrap()
+    }
+
     fn assert_close(got: &Tensor, want: &Tensor, tol: f32, what: &str) {
         let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(d < tol, "{what}: max |fused - candle ops| = {d:.2e}");
@@ -410,11 +415,10 @@ mod tests {
 
     #[test]
     fn swiglu_kernels_match_candle_ops() {
-        let dev = Device::Cpu;
         // 40,000 elements: several parallel tasks and a ragged last one; gates out to +-12.
-        let g = (Tensor::randn(0f32, 4.0, (50, 800), &dev).unwrap()).clamp(-12f32, 12f32).unwrap();
-        let u = Tensor::randn(0f32, 1.0, (50, 800), &dev).unwrap();
-        let da = Tensor::randn(0f32, 1.0, (50, 800), &dev).unwrap();
+        let g = randn("g", &[50, 800], 4.0).clamp(-12f32, 12f32).unwrap();
+        let u = randn("u", &[50, 800], 1.0);
+        let da = randn("da", &[50, 800], 1.0);
         let sig = candle_nn::ops::sigmoid(&g).unwrap();
         let silu = (&g * &sig).unwrap();
         assert_close(&g.apply_op2_no_bwd(&u, &SWIGLU).unwrap(), &(&silu * &u).unwrap(), 1e-5, "swiglu");
@@ -430,7 +434,7 @@ mod tests {
     fn attention_softmax_and_its_gradient_match_candle_ops() {
         let dev = Device::Cpu;
         let (b, nh, t) = (2, 3, 37);
-        let scores = Tensor::randn(0f32, 3.0, (b, nh, t, t), &dev).unwrap();
+        let scores = randn("scores", &[b, nh, t, t], 3.0);
         // Causal, and in the second row of the batch two packed examples (split at 20).
         let mut bias = vec![f32::MIN; b * t * t];
         for bi in 0..b {
@@ -449,7 +453,7 @@ mod tests {
         assert_close(&probs, &want, 1e-6, "softmax");
         let p = probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(p[1], 0.0, "a future position gets exactly 0");
-        let dp = Tensor::randn(0f32, 1.0, (b, nh, t, t), &dev).unwrap();
+        let dp = randn("dp", &[b, nh, t, t], 1.0);
         let ds = dp.apply_op2_no_bwd(&probs, &AttentionSoftmaxGrad { scale }).unwrap();
         let want = ((&probs * dp.broadcast_sub(&(&dp * &probs).unwrap().sum_keepdim(3).unwrap()).unwrap()).unwrap()
             * scale as f64)

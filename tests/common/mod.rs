@@ -1,7 +1,8 @@
 //! Shared helpers for integration tests: paths, the real test model, tiny checkpoints
-//! made on the fly, and running the `loratune` binary.
+//! made on the fly, run configs, and running the `loratune` binary.
 #![allow(dead_code)]
 
+use loratune::config::TrainConfig;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -54,6 +55,23 @@ pub fn init_tiny(dir: &Path, preset: &str, extra: &[&str]) -> PathBuf {
 
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
+}
+
+/// A run config on the CPU: [`TrainConfig::new`] (every default) for `model`, the `train`
+/// files and the run folder `output_dir`, with `overrides` (`SECTION.KEY=VALUE`) applied
+/// as `loratune train --set` applies them. Keys with a fixed set of values
+/// (`lora.target_modules`, `data.lint`, `data.on_bad_record`, `train.lr_scheduler`,
+/// `device.name`, ...) go through `overrides`, spelled as in a config file, whatever type
+/// holds them in [`TrainConfig`]; numbers, flags and paths are plain fields to assign.
+pub fn run_config(model: &Path, train: &[&str], output_dir: &str, overrides: &[&str]) -> TrainConfig {
+    let cfg = TrainConfig::new(model.to_str().unwrap(), train.iter().map(|t| t.to_string()).collect(), output_dir);
+    let overrides: Vec<String> = ["device.name=cpu"].iter().chain(overrides).map(|o| o.to_string()).collect();
+    TrainConfig::from_str(&cfg.to_toml_string(), "the test's run config", &overrides).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Writes `cfg` to `path` as the TOML file `loratune train` reads.
+pub fn write_config(path: &Path, cfg: &TrainConfig) {
+    write(path, &cfg.to_toml_string());
 }
 
 /// A user turn and the assistant's answer as one JSONL line (no escaping: plain words only).
