@@ -8,9 +8,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::chat::{Message, Role};
+use crate::config::DeviceName;
 use crate::generate::{self, GenerateOptions, Generation, Generator, SamplingParams};
 use crate::model::hub::HubOptions;
-use crate::model::{self, LoadOptions, ModelSource};
+use crate::model::{self, FloatDtype, LoadOptions, ModelSource};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -49,11 +50,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, default_value_t = DeviceName::Auto)]
+    pub device: DeviceName,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Batch mode's output file (JSONL, one line per prompt).
     #[arg(long, default_value = "generations.jsonl")]
     pub out: PathBuf,
@@ -91,10 +92,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give --prompt TEXT or --data FILE.jsonl"),
     };
 
-    let device = super::parse_device(&a.device)?;
+    let device = super::open_device(a.device)?;
     let mut load = LoadOptions::for_device(device, HubOptions::from_env());
-    if let Some(d) = &a.dtype {
-        load.dtype = super::parse_dtype(d)?;
+    if let Some(d) = a.dtype {
+        load.dtype = d.dtype();
     }
     let source = ModelSource::parse(&a.model)?;
     let t0 = std::time::Instant::now();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::merge::{self, MergeOptions};
 use crate::model::hub::HubOptions;
-use crate::model::ModelSource;
+use crate::model::{FloatDtype, ModelSource};
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -22,7 +22,7 @@ pub struct MergeArgs {
     pub out: PathBuf,
     /// Storage dtype: bf16, f16 or f32 (default: the base's; bf16 for a quantized GGUF).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Largest safetensors shard, e.g. 2GB or 500MB. Memory use is about one shard.
     #[arg(long, default_value = "2GB")]
     pub max_shard_size: String,
@@ -33,7 +33,7 @@ pub struct MergeArgs {
 
 pub fn run(a: MergeArgs) -> Result<()> {
     let opts = MergeOptions {
-        dtype: a.dtype.as_deref().map(super::parse_dtype).transpose()?,
+        dtype: a.dtype.map(FloatDtype::dtype),
         max_shard_bytes: super::parse_size(&a.max_shard_size)?,
         overwrite: a.overwrite,
     };

@@ -2,8 +2,10 @@
 //! file and turns arguments into calls on the library.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::{Parser, Subcommand};
+
+use crate::config::DeviceName;
 
 mod bench_cmd;
 mod compare_cmd;
@@ -61,33 +63,19 @@ pub fn run() -> Result<()> {
     }
 }
 
-/// `auto` picks the first CUDA device when built with CUDA and one is present.
-pub(crate) fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() { crate::gpu::open_cuda(0)? } else { Device::Cpu }),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!(
-                    "device \"{s}\" requested but this loratune was built without CUDA (rebuild with --features cuda)"
-                );
-            }
-            let ordinal =
-                s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().context("device ordinal")?.unwrap_or(0);
-            Ok(crate::gpu::open_cuda(ordinal)?)
-        }
-        other => bail!("unknown device \"{other}\" (expected auto, cpu, cuda or cuda:N)"),
+/// Opens the device `name` stands for; `auto` picks the first CUDA device when built with
+/// CUDA and one is present.
+pub(crate) fn open_device(name: DeviceName) -> Result<Device> {
+    let ordinal = match name {
+        DeviceName::Cpu => return Ok(Device::Cpu),
+        DeviceName::Auto if !candle_core::utils::cuda_is_available() => return Ok(Device::Cpu),
+        DeviceName::Auto | DeviceName::Cuda => 0,
+        DeviceName::CudaOrdinal(n) => n,
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!("device \"{name}\" requested but this loratune was built without CUDA (rebuild with --features cuda)");
     }
-}
-
-/// "cpu", "cuda:0", ...: the same spelling `--device` takes.
-pub(crate) fn parse_dtype(spec: &str) -> Result<DType> {
-    match spec {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => bail!("unknown dtype \"{other}\" (expected f32, bf16 or f16)"),
-    }
+    Ok(crate::gpu::open_cuda(ordinal)?)
 }
 
 /// "5GB", "500MB", "2MiB", "1000" (bytes).

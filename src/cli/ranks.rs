@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 
+use crate::config::DeviceName;
 use crate::distributed::{self, launch, NodeEnv, ProcessGroup, RankEnv};
 
 /// The device and group this process computes with. With `gpus` > 1 (or NNODES > 1) and
@@ -13,14 +14,15 @@ use crate::distributed::{self, launch, NodeEnv, ProcessGroup, RankEnv};
 /// cores each CPU rank may use (default: the machine's cores shared out).
 pub(crate) fn device_and_group(
     gpus: usize,
-    device_name: &str,
+    device_name: DeviceName,
     cpu_threads: Option<usize>,
 ) -> Result<(Device, ProcessGroup)> {
     let rank_env = RankEnv::from_env()?;
     if rank_env.is_none() {
         let node = NodeEnv::from_env()?;
         if gpus > 1 || node.nnodes > 1 {
-            let cpu = device_name == "cpu" || (device_name == "auto" && !candle_core::utils::cuda_is_available());
+            let cpu = device_name == DeviceName::Cpu
+                || (device_name == DeviceName::Auto && !candle_core::utils::cuda_is_available());
             if !cpu {
                 let have = crate::gpu::device_count()?;
                 anyhow::ensure!(gpus <= have, "--gpus {gpus}: this machine has {have} GPU(s)");
@@ -33,9 +35,9 @@ pub(crate) fn device_and_group(
     }
     let name = match &rank_env {
         Some(env) => distributed::rank_device(device_name, env)?,
-        None => device_name.to_string(),
+        None => device_name,
     };
-    let device = super::parse_device(&name)?;
+    let device = super::open_device(name)?;
     let group = match &rank_env {
         Some(env) => ProcessGroup::join(env, &device).with_context(|| {
             format!(

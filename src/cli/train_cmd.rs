@@ -58,7 +58,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let gpus = a.gpus.or(config.device.gpus).unwrap_or(1);
-    let (device, group) = super::ranks::device_and_group(gpus, &config.device.name, config.device.threads)?;
+    let (device, group) = super::ranks::device_and_group(gpus, config.device.name, config.device.threads)?;
     let rank = group.rank;
     let several = group.world_size > 1;
 

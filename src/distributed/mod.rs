@@ -17,6 +17,8 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::time::Duration;
 
+use crate::config::DeviceName;
+
 pub use env::{NodeEnv, RankEnv};
 use tcp::TcpGroup;
 
@@ -194,12 +196,12 @@ impl ProcessGroup {
 
 /// This rank's GPU: `device.name` `auto` or `cuda` becomes `cuda:LOCAL_RANK`. A name that
 /// fixes one GPU (`cuda:1`) cannot serve several ranks of a machine.
-pub fn rank_device(name: &str, env: &RankEnv) -> Result<String> {
+pub fn rank_device(name: DeviceName, env: &RankEnv) -> Result<DeviceName> {
     Ok(match name {
-        "cpu" => "cpu".to_string(),
-        "auto" if !candle_core::utils::cuda_is_available() => "cpu".to_string(),
-        "auto" | "cuda" => format!("cuda:{}", env.local_rank),
-        fixed if env.world_size == 1 => fixed.to_string(),
+        DeviceName::Cpu => DeviceName::Cpu,
+        DeviceName::Auto if !candle_core::utils::cuda_is_available() => DeviceName::Cpu,
+        DeviceName::Auto | DeviceName::Cuda => DeviceName::CudaOrdinal(env.local_rank),
+        fixed if env.world_size == 1 => fixed,
         fixed => anyhow::bail!("device.name = \"{fixed}\" names one GPU, but this is rank {} of {}: use \"cuda\" or \"auto\" (each rank takes cuda:LOCAL_RANK)", env.rank, env.world_size),
     })
 }
@@ -232,8 +234,9 @@ mod tests {
     #[test]
     fn a_fixed_gpu_serves_one_rank_only() {
         let env = RankEnv { rank: 1, world_size: 2, local_rank: 1, master_addr: "127.0.0.1".into(), master_port: 1 };
-        assert_eq!(rank_device("cpu", &env).unwrap(), "cpu");
-        assert_eq!(rank_device("cuda", &env).unwrap(), "cuda:1");
-        assert!(rank_device("cuda:0", &env).unwrap_err().to_string().contains("names one GPU"));
+        assert_eq!(rank_device(DeviceName::Cpu, &env).unwrap(), DeviceName::Cpu);
+        assert_eq!(rank_device(DeviceName::Cuda, &env).unwrap(), DeviceName::CudaOrdinal(1));
+        let e = rank_device(DeviceName::CudaOrdinal(0), &env).unwrap_err().to_string();
+        assert!(e.starts_with("device.name = \"cuda:0\" names one GPU"), "{e}");
     }
 }

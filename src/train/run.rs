@@ -4,7 +4,7 @@
 //! reaches the same adapter as an uninterrupted run.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -18,10 +18,9 @@ use super::batches::{self, BatchPlan, DataFileStats, DataPosition, Loader};
 use super::checkpoint::{self, EvalPoint, TrainerState};
 use super::optimizer::{self, AdamW, AdamWConfig};
 use super::report::{MetricsLine, MetricsLog, Reporter};
-use super::schedule::{Decay, Schedule};
+use super::schedule::Schedule;
 use super::step::{self, LoraGrads, StepOptions, TrainBatch};
 use crate::config::TrainConfig;
-use crate::data::{BadRecordPolicy, DataFormat};
 use crate::distributed::{self, Backend, ProcessGroup};
 use crate::encode::EncodedExample;
 use crate::lora::{self, LoraSpec, LoraWeights, Target};
@@ -197,8 +196,7 @@ fn start_adapter(
 }
 
 fn lora_spec(cfg: &TrainConfig) -> LoraSpec {
-    let mut targets: Vec<Target> =
-        cfg.lora.target_modules.iter().map(|n| Target::from_name(n).expect("validated by config")).collect();
+    let mut targets = cfg.lora.target_modules.clone();
     targets.sort();
     targets.dedup();
     LoraSpec {
@@ -261,12 +259,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let started_at = now();
 
     // Read and encode the data first: bad data should fail before a slow model load.
-    let format: Option<DataFormat> = match cfg.data.format.as_str() {
-        "auto" => None,
-        f => Some(f.parse().map_err(|e| anyhow::anyhow!("data.format: {e}"))?),
-    };
-    let policy: BadRecordPolicy =
-        cfg.data.on_bad_record.parse().map_err(|e| anyhow::anyhow!("data.on_bad_record: {e}"))?;
+    let (format, policy) = (cfg.data.format.fixed(), cfg.data.on_bad_record);
     let source = ModelSource::parse(&cfg.model.path).with_context(|| format!("model.path {}", cfg.model.path))?;
     let hub = HubOptions::from_env();
     let tokenizer = model::checkpoint::load_tokenizer(&source, &hub)
@@ -344,28 +337,20 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     } else {
         cfg.train.warmup_steps
     };
-    let decay = match cfg.train.lr_scheduler.as_str() {
-        "cosine" => Decay::Cosine,
-        "linear" => Decay::Linear,
-        _ => Decay::Constant,
+    let schedule = Schedule {
+        peak_lr: cfg.train.lr,
+        warmup_steps,
+        total_steps,
+        decay: cfg.train.lr_scheduler,
+        min_lr_ratio: cfg.train.min_lr_ratio,
     };
-    let schedule =
-        Schedule { peak_lr: cfg.train.lr, warmup_steps, total_steps, decay, min_lr_ratio: cfg.train.min_lr_ratio };
 
     // The model.
     let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub);
-    if let Some(d) = &cfg.model.dtype {
-        load_opts.dtype = match d.as_str() {
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            _ => DType::F32,
-        };
+    if let Some(d) = cfg.model.dtype {
+        load_opts.dtype = d.dtype();
     }
-    load_opts.quantize = cfg
-        .model
-        .quantize
-        .as_deref()
-        .map(|q| crate::model::quantized::Quantize::parse(q).expect("validated by config"));
+    load_opts.quantize = cfg.model.quantize;
     let t0 = Instant::now();
     let loaded = model::load(&source, &load_opts).with_context(|| format!("loading model {}", cfg.model.path))?;
     let model = loaded.model;
@@ -537,7 +522,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         "lora    r={} alpha={} on {} ({} trainable parameters)",
         spec.r,
         spec.alpha,
-        cfg.lora.target_modules.join(","),
+        cfg.lora.target_modules.iter().map(|t| t.name()).collect::<Vec<_>>().join(","),
         lora.num_parameters()
     );
 
