@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::config::DeviceName;
+use crate::config::{DeviceName, EnvKnobs};
 use crate::lora::Target;
 use crate::model::quantized::Quantize;
 use crate::model::FloatDtype;
@@ -136,8 +136,8 @@ fn repo_path(p: &str) -> PathBuf {
     path
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
-    let (device, group) = super::ranks::device_and_group(a.gpus.unwrap_or(1), a.device, None)?;
+pub fn run(a: BenchArgs, env: &EnvKnobs) -> Result<()> {
+    let (device, group) = super::ranks::device_and_group(a.gpus.unwrap_or(1), a.device, None, env)?;
     let main = group.is_main();
     let targets = parse_targets(&a.targets)?;
 
@@ -182,6 +182,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         checkpoint_layers: a.checkpoint_layers,
         profile: a.profile,
         quantize: a.quantize,
+        environment: env.clone(),
     };
     if main {
         eprintln!(

@@ -5,9 +5,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::config::DeviceName;
+use crate::config::{DeviceName, EnvKnobs};
 use crate::eval::compare::{self, CompareOptions, Side};
-use crate::model::hub::HubOptions;
 use crate::model::{FloatDtype, LoadOptions};
 
 #[derive(Args, Debug)]
@@ -45,10 +44,10 @@ pub struct CompareArgs {
     pub dtype: Option<FloatDtype>,
 }
 
-pub fn run(a: CompareArgs) -> Result<()> {
+pub fn run(a: CompareArgs, env: &EnvKnobs) -> Result<()> {
     let side_a = Side::parse(&a.a, a.model.as_deref()).context("side A")?;
     let side_b = Side::parse(&a.b, a.model.as_deref()).context("side B")?;
-    let mut load = LoadOptions::for_device(super::open_device(a.device)?, HubOptions::from_env());
+    let mut load = LoadOptions::for_device(super::open_device(a.device)?, env.hub.options());
     if let Some(d) = a.dtype {
         load.dtype = d.dtype();
     }

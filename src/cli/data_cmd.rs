@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
+use crate::config::EnvKnobs;
 use crate::data::lint::{self, DedupOptions, LintOptions};
 use crate::data::{BadRecordPolicy, FormatChoice};
-use crate::model::hub::HubOptions;
 use crate::model::{self, ModelSource};
 
 #[derive(Args, Debug)]
@@ -86,9 +86,9 @@ pub struct DedupArgs {
     pub format: FormatChoice,
 }
 
-pub fn run(a: DataArgs) -> Result<()> {
+pub fn run(a: DataArgs, env: &EnvKnobs) -> Result<()> {
     match a.command {
-        DataCommand::Lint(a) => lint_files(a),
+        DataCommand::Lint(a) => lint_files(a, env),
         DataCommand::Dedup(a) => dedup_file(a),
     }
 }
@@ -108,7 +108,7 @@ fn check_near_args(threshold: f64, shingle_words: usize) -> Result<()> {
     Ok(())
 }
 
-fn lint_files(a: LintArgs) -> Result<()> {
+fn lint_files(a: LintArgs, env: &EnvKnobs) -> Result<()> {
     let opts = (|| -> Result<LintOptions> {
         check_near_args(a.threshold, a.shingle_words)?;
         anyhow::ensure!(a.max_seq_len >= 1, "--max-seq-len must be at least 1");
@@ -125,7 +125,7 @@ fn lint_files(a: LintArgs) -> Result<()> {
     let tokenizer = a.model.as_ref().map(|m| {
         ModelSource::parse(m)
             .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(model::checkpoint::load_tokenizer(&s, &HubOptions::from_env())?))
+            .and_then(|s| Ok(model::checkpoint::load_tokenizer(&s, &env.hub.options())?))
             .with_context(|| format!("--model {m}: loading the tokenizer"))
             .unwrap_or_else(|e| usage_error(e))
     });

@@ -5,11 +5,10 @@ use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 
-use crate::config::DeviceName;
+use crate::config::{DeviceName, EnvKnobs};
 use crate::data::{self, BadRecordPolicy, FormatChoice};
 use crate::encode;
 use crate::eval::{self, LossSummary};
-use crate::model::hub::HubOptions;
 use crate::model::{self, FloatDtype, LoadOptions, ModelIdentity, ModelSource};
 
 #[derive(Args, Debug)]
@@ -70,7 +69,7 @@ struct EvalReport {
     summary: LossSummary,
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
+pub fn run(a: EvalArgs, env: &EnvKnobs) -> Result<()> {
     let (format, policy) = (a.format.fixed(), a.on_bad_record);
     anyhow::ensure!(a.max_seq_len >= 2, "--max-seq-len must be at least 2");
 
@@ -78,7 +77,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let datasets = a.data.iter().map(|p| data::read_jsonl(p, format, policy)).collect::<Result<Vec<_>, _>>()?;
 
     let device = super::open_device(a.device)?;
-    let mut opts = LoadOptions::for_device(device, HubOptions::from_env());
+    let mut opts = LoadOptions::for_device(device, env.hub.options());
     if let Some(d) = a.dtype {
         opts.dtype = d.dtype();
     }

@@ -8,9 +8,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::chat::{Message, Role};
-use crate::config::DeviceName;
+use crate::config::{DeviceName, EnvKnobs};
 use crate::generate::{self, GenerateOptions, Generation, Generator, SamplingParams};
-use crate::model::hub::HubOptions;
 use crate::model::{self, FloatDtype, LoadOptions, ModelSource};
 
 #[derive(Args, Debug)]
@@ -78,7 +77,7 @@ struct Row<'a> {
     tokens_per_second: f64,
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
+pub fn run(a: GenerateArgs, env: &EnvKnobs) -> Result<()> {
     let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     sampling.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
     let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, sampling, ignore_eos: a.ignore_eos };
@@ -93,7 +92,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
 
     let device = super::open_device(a.device)?;
-    let mut load = LoadOptions::for_device(device, HubOptions::from_env());
+    let mut load = LoadOptions::for_device(device, env.hub.options());
     if let Some(d) = a.dtype {
         load.dtype = d.dtype();
     }

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::model::hub::HubOptions;
+use crate::config::EnvKnobs;
 use crate::model::init::{self, InitOptions, PRESETS};
 use crate::model::{checkpoint, FloatDtype, ModelSource};
 use crate::tokenizer::tiny;
@@ -37,7 +37,7 @@ pub struct InitModelArgs {
     pub gguf: Option<PathBuf>,
 }
 
-pub fn run(a: InitModelArgs) -> Result<()> {
+pub fn run(a: InitModelArgs, env: &EnvKnobs) -> Result<()> {
     let Some(mut cfg) = init::preset(&a.preset) else {
         bail!("unknown preset \"{}\" (expected one of: {})", a.preset, PRESETS.join(", "));
     };
@@ -45,7 +45,7 @@ pub fn run(a: InitModelArgs) -> Result<()> {
     let tokenizer = match &a.tokenizer {
         Some(spec) => {
             let source = ModelSource::parse(spec)?;
-            let tok = checkpoint::load_tokenizer(&source, &HubOptions::from_env())
+            let tok = checkpoint::load_tokenizer(&source, &env.hub.options())
                 .with_context(|| format!("reading the tokenizer of {spec}"))?;
             cfg.vocab_size = tok.vocab_size();
             cfg.bos_token_id = tok.bos_id;

@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::config::EnvKnobs;
 use crate::merge::{self, MergeOptions};
-use crate::model::hub::HubOptions;
 use crate::model::{FloatDtype, ModelSource};
 
 #[derive(Args, Debug)]
@@ -31,7 +31,7 @@ pub struct MergeArgs {
     pub overwrite: bool,
 }
 
-pub fn run(a: MergeArgs) -> Result<()> {
+pub fn run(a: MergeArgs, env: &EnvKnobs) -> Result<()> {
     let opts = MergeOptions {
         dtype: a.dtype.map(FloatDtype::dtype),
         max_shard_bytes: super::parse_size(&a.max_shard_size)?,
@@ -39,7 +39,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     };
     let source = ModelSource::parse(&a.model)?;
     let bar = super::progress::bar(0, "merge");
-    let record = merge::merge(&source, &HubOptions::from_env(), &a.adapter, &a.out, &opts, |done, total| {
+    let record = merge::merge(&source, &env.hub.options(), &a.adapter, &a.out, &opts, |done, total| {
         bar.set_length(total >> 20);
         bar.set_position(done >> 20);
     })

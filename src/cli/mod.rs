@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
-use crate::config::DeviceName;
+use crate::config::{DeviceName, EnvKnobs, NUM_THREADS_VAR};
 
 mod bench_cmd;
 mod compare_cmd;
@@ -50,17 +50,34 @@ pub enum Command {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    let env = environment()?;
     match cli.command {
-        Command::Bench(a) => bench_cmd::run(a),
-        Command::Compare(a) => compare_cmd::run(a),
-        Command::Data(a) => data_cmd::run(a),
-        Command::Eval(a) => eval_cmd::run(a),
-        Command::Generate(a) => generate_cmd::run(a),
-        Command::InitModel(a) => init_model_cmd::run(a),
-        Command::Merge(a) => merge_cmd::run(a),
-        Command::Train(a) => train_cmd::run(a),
+        Command::Bench(a) => bench_cmd::run(a, &env),
+        Command::Compare(a) => compare_cmd::run(a, &env),
+        Command::Data(a) => data_cmd::run(a, &env),
+        Command::Eval(a) => eval_cmd::run(a, &env),
+        Command::Generate(a) => generate_cmd::run(a, &env),
+        Command::InitModel(a) => init_model_cmd::run(a, &env),
+        Command::Merge(a) => merge_cmd::run(a, &env),
+        Command::Train(a) => train_cmd::run(a, &env),
         Command::Report(a) => report_cmd::run(a),
     }
+}
+
+/// The environment knobs, read once for the whole process; the process-wide settings
+/// they stand for are made here, before any work starts.
+fn environment() -> Result<EnvKnobs> {
+    let mut env = EnvKnobs::from_env()?;
+    if env.candle_num_threads.is_none() {
+        // candle runs element-wise CPU ops on its own spinning thread pool while its matmuls
+        // use rayon's; with few cores the two pools fight and a step takes twice as long
+        // (SmolLM2 on 2 cores: 84 -> 187 tokens/s). Matmuls keep all cores either way.
+        std::env::set_var(NUM_THREADS_VAR, "1");
+        env.candle_num_threads = Some(1);
+    }
+    #[cfg(feature = "cuda")]
+    crate::train::cuda_kernels::set_flash_warps(env.flash_warps);
+    Ok(env)
 }
 
 /// Opens the device `name` stands for; `auto` picks the first CUDA device when built with

@@ -18,9 +18,13 @@
 //! current directory of the process, not to the config file. Errors are
 //! [`ConfigError`]s whose messages start with where the problem is
 //! (`FILE:LINE`, `FILE` or `--set OVERRIDE`) and can be printed as-is.
+//!
+//! `env.rs` holds the other half of a run's settings: the environment variables, read
+//! once into [`EnvKnobs`].
 
 mod choices;
 mod document;
+mod env;
 mod error;
 mod keys;
 mod overrides;
@@ -32,6 +36,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use env::{EnvKnobs, HubKnobs, FLASH_WARPS_VAR, NUM_THREADS_VAR};
 pub use error::ConfigError;
 pub use schema::{
     BadDeviceName, DataSection, DeviceName, DeviceSection, EvalSection, LintMode, LoraSection, ModelSection,

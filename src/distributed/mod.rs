@@ -28,6 +28,17 @@ pub const COLLECTIVES_VAR: &str = "LORATUNE_COLLECTIVES";
 /// Seconds rank 0 waits for the others to connect, and they for it (default 600).
 pub const TIMEOUT_VAR: &str = "LORATUNE_RENDEZVOUS_TIMEOUT";
 
+/// How the GPU ranks of a group may sum their gradients (`LORATUNE_COLLECTIVES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Collectives {
+    /// NCCL, where the build has it.
+    #[default]
+    Nccl,
+    /// Through host memory (slow; for builds without NCCL and for checking NCCL's results).
+    Host,
+}
+
 /// How gradients travel between ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -71,20 +82,10 @@ impl ProcessGroup {
 
     /// Joins the group `env` describes, with this rank's compute `device`: host links
     /// always, NCCL too when the device is a GPU and the build has it (unless
-    /// `LORATUNE_COLLECTIVES=host`).
-    pub fn join(env: &RankEnv, device: &Device) -> Result<ProcessGroup> {
-        let timeout = match std::env::var(TIMEOUT_VAR) {
-            Ok(v) => Duration::from_secs(
-                v.trim().parse().map_err(|_| anyhow::anyhow!("{TIMEOUT_VAR}={v}: not a number of seconds"))?,
-            ),
-            Err(_) => Duration::from_secs(600),
-        };
+    /// `collectives` is `Host`). `timeout`: how long to wait for the other ranks to connect.
+    pub fn join(env: &RankEnv, device: &Device, collectives: Collectives, timeout: Duration) -> Result<ProcessGroup> {
         let host = TcpGroup::connect(env.rank, env.world_size, &env.master_addr, env.master_port, timeout)?;
-        let want_host = match std::env::var(COLLECTIVES_VAR).as_deref() {
-            Ok("host") => true,
-            Ok("nccl") | Ok("") | Err(_) => false,
-            Ok(other) => anyhow::bail!("{COLLECTIVES_VAR}={other}: expected host or nccl"),
-        };
+        let want_host = collectives == Collectives::Host;
         // A group of one on a GPU still goes through NCCL where the build has it: the way
         // to check that path on one GPU.
         let backend = if device.is_cuda() && !want_host && (env.world_size > 1 || cfg!(feature = "nccl")) {

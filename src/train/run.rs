@@ -20,11 +20,10 @@ use super::optimizer::{self, AdamW, AdamWConfig};
 use super::report::{MetricsLine, MetricsLog, Reporter};
 use super::schedule::Schedule;
 use super::step::{self, LoraGrads, StepOptions, TrainBatch};
-use crate::config::TrainConfig;
+use crate::config::{EnvKnobs, TrainConfig};
 use crate::distributed::{self, Backend, ProcessGroup};
 use crate::encode::EncodedExample;
 use crate::lora::{self, LoraSpec, LoraWeights, Target};
-use crate::model::hub::HubOptions;
 use crate::model::{self, Llama, LoadOptions, ModelIdentity, ModelSource};
 
 pub const CONFIG_FILE: &str = "config.toml";
@@ -43,6 +42,8 @@ pub struct RunOptions {
     pub command_line: Vec<String>,
     /// The ranks of a data-parallel run (`ProcessGroup::single()` for one process).
     pub group: ProcessGroup,
+    /// The environment variables, as the command line read them.
+    pub environment: EnvKnobs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -261,7 +262,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     // Read and encode the data first: bad data should fail before a slow model load.
     let (format, policy) = (cfg.data.format.fixed(), cfg.data.on_bad_record);
     let source = ModelSource::parse(&cfg.model.path).with_context(|| format!("model.path {}", cfg.model.path))?;
-    let hub = HubOptions::from_env();
+    let hub = opts.environment.hub.options();
     let tokenizer = model::checkpoint::load_tokenizer(&source, &hub)
         .with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
     // The run folder is prepared first so that the lint report has a place to go.
