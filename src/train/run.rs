@@ -42,7 +42,7 @@ pub struct RunOptions {
     pub command_line: Vec<String>,
     /// The ranks of a data-parallel run (`ProcessGroup::single()` for one process).
     pub group: ProcessGroup,
-    /// The environment variables, as the command line read them.
+    /// The environment variables, as the command line read them (recorded in run.json).
     pub environment: EnvKnobs,
 }
 
@@ -97,6 +97,8 @@ struct Manifest {
     /// Processes that trained together (data parallel), and how their gradients travelled.
     ranks: usize,
     collectives: Backend,
+    /// The environment knobs this process ran with.
+    environment: EnvKnobs,
     started_at: String,
     /// One entry per process that worked on the run (the first, then each resume).
     sessions: Vec<Session>,
@@ -483,6 +485,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
         threads,
         ranks: group.world_size,
         collectives: group.backend,
+        environment: opts.environment.clone(),
         started_at: first_started,
         sessions,
         status: RunStatus::Running,
