@@ -6,7 +6,7 @@
 //! - [`cli`]: the `loratune` command line (kept thin; `main.rs` only calls it);
 //! - [`run`]: the training job as a recipe of named phases, the run folder's layout and
 //!   its records (run.json, eval.json, metrics.jsonl, checkpoints);
-//! - [`bench`]: `loratune bench`, training throughput and memory of synthetic batches;
+//! - [`mod@bench`]: `loratune bench`, training throughput and memory of synthetic batches;
 //! - [`train`]: the frozen-base training step (ops as forward/backward pairs, the step,
 //!   AdamW, the learning-rate schedule);
 //! - [`model`]: model configs, checkpoint sources (HF folder, hub cache, GGUF), the

@@ -90,8 +90,8 @@ fn packed_batch(t: usize, a: usize, b: usize, vocab: usize, seed: u64, dev: &Dev
 fn flash_attention_matches_reference() {
     let seed = test_seed("flash_attention_matches_reference");
     let dev = gpu(seed);
-    for (d, warps) in [(64, "4"), (128, "4"), (64, "8"), (128, "8")] {
-        std::env::set_var("LORATUNE_FLASH_WARPS", warps);
+    for (d, warps) in [(64, 4), (128, 4), (64, 8), (128, 8)] {
+        ck::set_flash_warps(warps);
         println!("{warps} warps per block:");
         let (b, t, nh, nkv) = (2, 200, 6, 2);
         let s = AttnShape { b, t, nh, nkv, d };
@@ -117,7 +117,7 @@ fn flash_attention_matches_reference() {
         check(&format!("flash bwd dk (D={d})"), &dk, &rows(rk, nkv), 2e-2);
         check(&format!("flash bwd dv (D={d})"), &dv, &rows(rv, nkv), 2e-2);
     }
-    std::env::remove_var("LORATUNE_FLASH_WARPS");
+    ck::set_flash_warps(4);
 }
 
 #[test]

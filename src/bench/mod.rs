@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::config::EnvKnobs;
 use crate::data::{self, BadRecordPolicy, DataFormat};
 use crate::encode::EncodedExample;
 use crate::lora::{LoraSpec, LoraWeights, Target};
-use crate::model::hub::HubOptions;
 use crate::model::quantized::Quantize;
 use crate::model::{self, LoadOptions, ModelSource};
 use crate::profile::{timed, Profiler, RegionTime};
@@ -63,6 +63,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// QLoRA: the projections in quantized blocks (a preset is quantized after it is drawn).
     pub quantize: Option<Quantize>,
+    /// The environment variables, as the command line read them.
+    pub environment: EnvKnobs,
 }
 
 /// Data-parallel figures of a benchmark run by several ranks (`bench --gpus N`).
@@ -98,6 +100,7 @@ impl Default for BenchOptions {
             checkpoint_layers: None,
             profile: false,
             quantize: None,
+            environment: EnvKnobs::default(),
         }
     }
 }
@@ -311,7 +314,7 @@ pub fn run(
     anyhow::ensure!(!opts.targets.is_empty(), "no LoRA target modules");
 
     let (s, b) = (opts.seq_len, opts.batch_size);
-    let hub = HubOptions::from_env();
+    let hub = opts.environment.hub.options();
     let mut load_opts = LoadOptions::for_device(opts.device.clone(), hub.clone());
     if let Some(d) = opts.dtype {
         load_opts.dtype = d;
@@ -502,7 +505,7 @@ pub fn run(
         peak_rss_mib: peak,
         train_peak_rss_mib: train_peak,
         threads: candle_core::utils::get_num_threads(),
-        candle_num_threads: std::env::var("CANDLE_NUM_THREADS").ok(),
+        candle_num_threads: opts.environment.candle_num_threads.map(|n| n.to_string()),
         loadavg_start,
         loadavg_end,
         other_cpu_cores: contention.map(|c| c.0),

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::bench::{self, BenchOptions, BenchResult};
+use crate::config::{DeviceName, EnvKnobs};
 use crate::lora::Target;
+use crate::model::quantized::Quantize;
+use crate::model::FloatDtype;
 
 const PEER_SCRIPT: &str = "scripts/bench/peft_cpu.py";
 
@@ -56,15 +59,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub steps: usize,
     /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, default_value_t = DeviceName::Auto)]
+    pub device: DeviceName,
     /// QLoRA: keep the projections quantized (gguf: a GGUF model's own blocks; q4_0, q4_1,
     /// q4_k, q8_0: quantized at load, or after drawing a preset).
     #[arg(long)]
-    pub quantize: Option<String>,
+    pub quantize: Option<Quantize>,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Keep only each layer's input and recompute it in backward (both sides).
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -133,10 +136,9 @@ fn repo_path(p: &str) -> PathBuf {
     path
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
-    let (device, group) = super::ranks::device_and_group(a.gpus.unwrap_or(1), &a.device, None)?;
+pub fn run(a: BenchArgs, env: &EnvKnobs) -> Result<()> {
+    let (device, group) = super::ranks::device_and_group(a.gpus.unwrap_or(1), a.device, None, env)?;
     let main = group.is_main();
-    let dtype = a.dtype.as_deref().map(super::parse_dtype).transpose()?;
     let targets = parse_targets(&a.targets)?;
 
     // Check the peer can run before spending minutes on our side.
@@ -175,16 +177,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         warmup: a.warmup,
         steps: a.steps,
         device,
-        dtype,
+        dtype: a.dtype.map(FloatDtype::dtype),
         gradient_checkpointing: a.gradient_checkpointing || a.checkpoint_layers.is_some(),
         checkpoint_layers: a.checkpoint_layers,
         profile: a.profile,
-        quantize: a
-            .quantize
-            .as_deref()
-            .map(crate::model::quantized::Quantize::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("--quantize: {e}"))?,
+        quantize: a.quantize,
+        environment: env.clone(),
     };
     if main {
         eprintln!(

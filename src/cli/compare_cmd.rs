@@ -5,9 +5,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::config::{DeviceName, EnvKnobs};
 use crate::eval::compare::{self, CompareOptions, Side};
-use crate::model::hub::HubOptions;
-use crate::model::LoadOptions;
+use crate::model::{FloatDtype, LoadOptions};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -37,19 +37,19 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, default_value_t = DeviceName::Auto)]
+    pub device: DeviceName,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
 }
 
-pub fn run(a: CompareArgs) -> Result<()> {
+pub fn run(a: CompareArgs, env: &EnvKnobs) -> Result<()> {
     let side_a = Side::parse(&a.a, a.model.as_deref()).context("side A")?;
     let side_b = Side::parse(&a.b, a.model.as_deref()).context("side B")?;
-    let mut load = LoadOptions::for_device(super::parse_device(&a.device)?, HubOptions::from_env());
-    if let Some(d) = &a.dtype {
-        load.dtype = super::parse_dtype(d)?;
+    let mut load = LoadOptions::for_device(super::open_device(a.device)?, env.hub.options());
+    if let Some(d) = a.dtype {
+        load.dtype = d.dtype();
     }
     let opts =
         CompareOptions { load, max_new_tokens: a.max_new_tokens, max_seq_len: a.max_seq_len, batch_size: a.batch_size };

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
+use crate::config::EnvKnobs;
 use crate::data::lint::{self, DedupOptions, LintOptions};
-use crate::data::{BadRecordPolicy, DataFormat};
-use crate::model::hub::HubOptions;
+use crate::data::{BadRecordPolicy, FormatChoice};
 use crate::model::{self, ModelSource};
 
 #[derive(Args, Debug)]
@@ -45,8 +45,8 @@ pub struct LintArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_seq_len: usize,
     /// Record format: auto (detected per file), alpaca, messages, sharegpt, prompt-completion, text.
-    #[arg(long, default_value = "auto")]
-    pub format: String,
+    #[arg(long, default_value_t = FormatChoice::Auto)]
+    pub format: FormatChoice,
     /// Near duplicates: Jaccard similarity of word shingles at or above this, in (0, 1].
     #[arg(long, default_value_t = lint::DEFAULT_THRESHOLD)]
     pub threshold: f64,
@@ -58,8 +58,8 @@ pub struct LintArgs {
     pub strict: bool,
     /// Bad records are errors (error) or, as training with on_bad_record = "skip" passes
     /// over them, warnings (skip).
-    #[arg(long, default_value = "error")]
-    pub on_bad_record: String,
+    #[arg(long, default_value_t = BadRecordPolicy::Error)]
+    pub on_bad_record: BadRecordPolicy,
     /// Write the full report here as JSON.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -82,13 +82,13 @@ pub struct DedupArgs {
     #[arg(long)]
     pub exact_only: bool,
     /// Record format: auto, alpaca, messages, sharegpt, prompt-completion, text.
-    #[arg(long, default_value = "auto")]
-    pub format: String,
+    #[arg(long, default_value_t = FormatChoice::Auto)]
+    pub format: FormatChoice,
 }
 
-pub fn run(a: DataArgs) -> Result<()> {
+pub fn run(a: DataArgs, env: &EnvKnobs) -> Result<()> {
     match a.command {
-        DataCommand::Lint(a) => lint_files(a),
+        DataCommand::Lint(a) => lint_files(a, env),
         DataCommand::Dedup(a) => dedup_file(a),
     }
 }
@@ -97,13 +97,6 @@ pub fn run(a: DataArgs) -> Result<()> {
 fn usage_error(e: anyhow::Error) -> ! {
     eprintln!("error: {e:#}");
     std::process::exit(2);
-}
-
-fn parse_format(s: &str) -> Result<Option<DataFormat>> {
-    match s {
-        "auto" => Ok(None),
-        f => Ok(Some(f.parse().map_err(|e| anyhow::anyhow!("--format: {e}"))?)),
-    }
 }
 
 fn check_near_args(threshold: f64, shingle_words: usize) -> Result<()> {
@@ -115,26 +108,24 @@ fn check_near_args(threshold: f64, shingle_words: usize) -> Result<()> {
     Ok(())
 }
 
-fn lint_files(a: LintArgs) -> Result<()> {
+fn lint_files(a: LintArgs, env: &EnvKnobs) -> Result<()> {
     let opts = (|| -> Result<LintOptions> {
         check_near_args(a.threshold, a.shingle_words)?;
         anyhow::ensure!(a.max_seq_len >= 1, "--max-seq-len must be at least 1");
-        let bad_records: BadRecordPolicy =
-            a.on_bad_record.parse().map_err(|e| anyhow::anyhow!("--on-bad-record: {e}"))?;
         Ok(LintOptions {
-            format: parse_format(&a.format)?,
+            format: a.format.fixed(),
             threshold: a.threshold,
             shingle_words: a.shingle_words,
             max_seq_len: a.max_seq_len,
             strict: a.strict,
-            bad_records,
+            bad_records: a.on_bad_record,
         })
     })()
     .unwrap_or_else(|e| usage_error(e));
     let tokenizer = a.model.as_ref().map(|m| {
         ModelSource::parse(m)
             .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(model::checkpoint::load_tokenizer(&s, &HubOptions::from_env())?))
+            .and_then(|s| Ok(model::checkpoint::load_tokenizer(&s, &env.hub.options())?))
             .with_context(|| format!("--model {m}: loading the tokenizer"))
             .unwrap_or_else(|e| usage_error(e))
     });
@@ -155,7 +146,7 @@ fn dedup_file(a: DedupArgs) -> Result<()> {
     let opts = (|| -> Result<DedupOptions> {
         check_near_args(a.threshold, a.shingle_words)?;
         Ok(DedupOptions {
-            format: parse_format(&a.format)?,
+            format: a.format.fixed(),
             threshold: a.threshold,
             shingle_words: a.shingle_words,
             exact_only: a.exact_only,

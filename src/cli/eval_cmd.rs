@@ -5,11 +5,11 @@ use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 
-use crate::data::{self, BadRecordPolicy, DataFormat};
+use crate::config::{DeviceName, EnvKnobs};
+use crate::data::{self, BadRecordPolicy, FormatChoice};
 use crate::encode;
 use crate::eval::{self, LossSummary};
-use crate::model::hub::HubOptions;
-use crate::model::{self, LoadOptions, ModelIdentity, ModelSource};
+use crate::model::{self, FloatDtype, LoadOptions, ModelIdentity, ModelSource};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -24,22 +24,22 @@ pub struct EvalArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub data: Vec<PathBuf>,
     /// Record format: auto (detected per file), alpaca, messages, sharegpt, prompt-completion, text.
-    #[arg(long, default_value = "auto")]
-    pub format: String,
+    #[arg(long, default_value_t = FormatChoice::Auto)]
+    pub format: FormatChoice,
     /// Longer examples are truncated to this many tokens.
     #[arg(long, default_value_t = 2048)]
     pub max_seq_len: usize,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// What to do with a malformed record: error (stop) or skip (count and report).
-    #[arg(long, default_value = "error")]
-    pub on_bad_record: String,
+    #[arg(long, default_value_t = BadRecordPolicy::Error)]
+    pub on_bad_record: BadRecordPolicy,
     /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, default_value_t = DeviceName::Auto)]
+    pub device: DeviceName,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Where to write the JSON result.
     #[arg(long, default_value = "eval.json")]
     pub out: PathBuf,
@@ -69,21 +69,17 @@ struct EvalReport {
     summary: LossSummary,
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
-    let format: Option<DataFormat> = match a.format.as_str() {
-        "auto" => None,
-        f => Some(f.parse().map_err(|e| anyhow::anyhow!("--format: {e}"))?),
-    };
-    let policy: BadRecordPolicy = a.on_bad_record.parse().map_err(|e| anyhow::anyhow!("--on-bad-record: {e}"))?;
+pub fn run(a: EvalArgs, env: &EnvKnobs) -> Result<()> {
+    let (format, policy) = (a.format.fixed(), a.on_bad_record);
     anyhow::ensure!(a.max_seq_len >= 2, "--max-seq-len must be at least 2");
 
     // Read and validate the data before spending time on the model.
     let datasets = a.data.iter().map(|p| data::read_jsonl(p, format, policy)).collect::<Result<Vec<_>, _>>()?;
 
-    let device = super::parse_device(&a.device)?;
-    let mut opts = LoadOptions::for_device(device, HubOptions::from_env());
-    if let Some(d) = &a.dtype {
-        opts.dtype = super::parse_dtype(d)?;
+    let device = super::open_device(a.device)?;
+    let mut opts = LoadOptions::for_device(device, env.hub.options());
+    if let Some(d) = a.dtype {
+        opts.dtype = d.dtype();
     }
     let source = ModelSource::parse(&a.model)?;
     let t0 = std::time::Instant::now();

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::chat::{Message, Role};
+use crate::config::{DeviceName, EnvKnobs};
 use crate::generate::{self, GenerateOptions, Generation, Generator, SamplingParams};
-use crate::model::hub::HubOptions;
-use crate::model::{self, LoadOptions, ModelSource};
+use crate::model::{self, FloatDtype, LoadOptions, ModelSource};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -49,11 +49,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, default_value_t = DeviceName::Auto)]
+    pub device: DeviceName,
     /// Compute dtype (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Batch mode's output file (JSONL, one line per prompt).
     #[arg(long, default_value = "generations.jsonl")]
     pub out: PathBuf,
@@ -77,7 +77,7 @@ struct Row<'a> {
     tokens_per_second: f64,
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
+pub fn run(a: GenerateArgs, env: &EnvKnobs) -> Result<()> {
     let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     sampling.validate().map_err(|e| anyhow::anyhow!("--{e}"))?;
     let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, sampling, ignore_eos: a.ignore_eos };
@@ -91,10 +91,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (None, None) => bail!("give --prompt TEXT or --data FILE.jsonl"),
     };
 
-    let device = super::parse_device(&a.device)?;
-    let mut load = LoadOptions::for_device(device, HubOptions::from_env());
-    if let Some(d) = &a.dtype {
-        load.dtype = super::parse_dtype(d)?;
+    let device = super::open_device(a.device)?;
+    let mut load = LoadOptions::for_device(device, env.hub.options());
+    if let Some(d) = a.dtype {
+        load.dtype = d.dtype();
     }
     let source = ModelSource::parse(&a.model)?;
     let t0 = std::time::Instant::now();

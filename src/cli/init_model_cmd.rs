@@ -4,9 +4,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use crate::model::hub::HubOptions;
+use crate::config::EnvKnobs;
 use crate::model::init::{self, InitOptions, PRESETS};
-use crate::model::{checkpoint, ModelSource};
+use crate::model::{checkpoint, FloatDtype, ModelSource};
 use crate::tokenizer::tiny;
 
 #[derive(Args, Debug)]
@@ -25,7 +25,7 @@ pub struct InitModelArgs {
     pub seed: u64,
     /// Storage dtype; default f32 for tiny presets, bf16 for full-size ones.
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Largest safetensors shard, e.g. 5GB or 64KiB.
     #[arg(long, default_value = "5GB")]
     pub max_shard_size: String,
@@ -37,7 +37,7 @@ pub struct InitModelArgs {
     pub gguf: Option<PathBuf>,
 }
 
-pub fn run(a: InitModelArgs) -> Result<()> {
+pub fn run(a: InitModelArgs, env: &EnvKnobs) -> Result<()> {
     let Some(mut cfg) = init::preset(&a.preset) else {
         bail!("unknown preset \"{}\" (expected one of: {})", a.preset, PRESETS.join(", "));
     };
@@ -45,7 +45,7 @@ pub fn run(a: InitModelArgs) -> Result<()> {
     let tokenizer = match &a.tokenizer {
         Some(spec) => {
             let source = ModelSource::parse(spec)?;
-            let tok = checkpoint::load_tokenizer(&source, &HubOptions::from_env())
+            let tok = checkpoint::load_tokenizer(&source, &env.hub.options())
                 .with_context(|| format!("reading the tokenizer of {spec}"))?;
             cfg.vocab_size = tok.vocab_size();
             cfg.bos_token_id = tok.bos_id;
@@ -58,7 +58,7 @@ pub fn run(a: InitModelArgs) -> Result<()> {
         bail!("--gguf writes llama-architecture GGUF files; preset \"{}\" is {}", a.preset, cfg.architecture.hf_name());
     }
     let dtype = match &a.dtype {
-        Some(d) => super::parse_dtype(d)?,
+        Some(d) => d.dtype(),
         None if tiny_shape => candle_core::DType::F32,
         None => candle_core::DType::BF16,
     };

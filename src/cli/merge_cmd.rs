@@ -4,9 +4,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::config::EnvKnobs;
 use crate::merge::{self, MergeOptions};
-use crate::model::hub::HubOptions;
-use crate::model::ModelSource;
+use crate::model::{FloatDtype, ModelSource};
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -22,7 +22,7 @@ pub struct MergeArgs {
     pub out: PathBuf,
     /// Storage dtype: bf16, f16 or f32 (default: the base's; bf16 for a quantized GGUF).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// Largest safetensors shard, e.g. 2GB or 500MB. Memory use is about one shard.
     #[arg(long, default_value = "2GB")]
     pub max_shard_size: String,
@@ -31,15 +31,15 @@ pub struct MergeArgs {
     pub overwrite: bool,
 }
 
-pub fn run(a: MergeArgs) -> Result<()> {
+pub fn run(a: MergeArgs, env: &EnvKnobs) -> Result<()> {
     let opts = MergeOptions {
-        dtype: a.dtype.as_deref().map(super::parse_dtype).transpose()?,
+        dtype: a.dtype.map(FloatDtype::dtype),
         max_shard_bytes: super::parse_size(&a.max_shard_size)?,
         overwrite: a.overwrite,
     };
     let source = ModelSource::parse(&a.model)?;
     let bar = super::progress::bar(0, "merge");
-    let record = merge::merge(&source, &HubOptions::from_env(), &a.adapter, &a.out, &opts, |done, total| {
+    let record = merge::merge(&source, &env.hub.options(), &a.adapter, &a.out, &opts, |done, total| {
         bar.set_length(total >> 20);
         bar.set_position(done >> 20);
     })

@@ -2,8 +2,10 @@
 //! file and turns arguments into calls on the library.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::{Parser, Subcommand};
+
+use crate::config::{DeviceName, EnvKnobs, NUM_THREADS_VAR};
 
 mod bench_cmd;
 mod compare_cmd;
@@ -48,46 +50,49 @@ pub enum Command {
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    let env = environment()?;
     match cli.command {
-        Command::Bench(a) => bench_cmd::run(a),
-        Command::Compare(a) => compare_cmd::run(a),
-        Command::Data(a) => data_cmd::run(a),
-        Command::Eval(a) => eval_cmd::run(a),
-        Command::Generate(a) => generate_cmd::run(a),
-        Command::InitModel(a) => init_model_cmd::run(a),
-        Command::Merge(a) => merge_cmd::run(a),
-        Command::Train(a) => train_cmd::run(a),
+        Command::Bench(a) => bench_cmd::run(a, &env),
+        Command::Compare(a) => compare_cmd::run(a, &env),
+        Command::Data(a) => data_cmd::run(a, &env),
+        Command::Eval(a) => eval_cmd::run(a, &env),
+        Command::Generate(a) => generate_cmd::run(a, &env),
+        Command::InitModel(a) => init_model_cmd::run(a, &env),
+        Command::Merge(a) => merge_cmd::run(a, &env),
+        Command::Train(a) => train_cmd::run(a, &env),
         Command::Report(a) => report_cmd::run(a),
     }
 }
 
-/// `auto` picks the first CUDA device when built with CUDA and one is present.
-pub(crate) fn parse_device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() { crate::gpu::open_cuda(0)? } else { Device::Cpu }),
-        s if s == "cuda" || s.starts_with("cuda:") => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!(
-                    "device \"{s}\" requested but this loratune was built without CUDA (rebuild with --features cuda)"
-                );
-            }
-            let ordinal =
-                s.strip_prefix("cuda:").map(|n| n.parse::<usize>()).transpose().context("device ordinal")?.unwrap_or(0);
-            Ok(crate::gpu::open_cuda(ordinal)?)
-        }
-        other => bail!("unknown device \"{other}\" (expected auto, cpu, cuda or cuda:N)"),
+/// The environment knobs, read once for the whole process; the process-wide settings
+/// they stand for are made here, before any work starts.
+fn environment() -> Result<EnvKnobs> {
+    let mut env = EnvKnobs::from_env()?;
+    if env.candle_num_threads.is_none() {
+        // candle runs element-wise CPU ops on its own spinning thread pool while its matmuls
+        // use rayon's; with few cores the two pools fight and a step takes twice as long
+        // (SmolLM2 on 2 cores: 84 -> 187 tokens/s). Matmuls keep all cores either way.
+        std::env::set_var(NUM_THREADS_VAR, "1");
+        env.candle_num_threads = Some(1);
     }
+    #[cfg(feature = "cuda")]
+    crate::train::cuda_kernels::set_flash_warps(env.flash_warps);
+    Ok(env)
 }
 
-/// "cpu", "cuda:0", ...: the same spelling `--device` takes.
-pub(crate) fn parse_dtype(spec: &str) -> Result<DType> {
-    match spec {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => bail!("unknown dtype \"{other}\" (expected f32, bf16 or f16)"),
+/// Opens the device `name` stands for; `auto` picks the first CUDA device when built with
+/// CUDA and one is present.
+pub(crate) fn open_device(name: DeviceName) -> Result<Device> {
+    let ordinal = match name {
+        DeviceName::Cpu => return Ok(Device::Cpu),
+        DeviceName::Auto if !candle_core::utils::cuda_is_available() => return Ok(Device::Cpu),
+        DeviceName::Auto | DeviceName::Cuda => 0,
+        DeviceName::CudaOrdinal(n) => n,
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!("device \"{name}\" requested but this loratune was built without CUDA (rebuild with --features cuda)");
     }
+    Ok(crate::gpu::open_cuda(ordinal)?)
 }
 
 /// "5GB", "500MB", "2MiB", "1000" (bytes).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::config::TrainConfig;
+use crate::config::{EnvKnobs, TrainConfig};
 use crate::distributed::launch;
 use crate::run::layout::CONFIG_FILE;
 use crate::run::{self, RunOptions, RunStatus};
@@ -31,7 +31,7 @@ pub struct TrainArgs {
     pub gpus: Option<usize>,
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
+pub fn run(a: TrainArgs, env: &EnvKnobs) -> Result<()> {
     let (config, source, resume) = match (&a.config, &a.resume) {
         (_, Some(dir)) => {
             for o in &a.overrides {
@@ -59,7 +59,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let gpus = a.gpus.or(config.device.gpus).unwrap_or(1);
-    let (device, group) = super::ranks::device_and_group(gpus, &config.device.name, config.device.threads)?;
+    let (device, group) = super::ranks::device_and_group(gpus, config.device.name, config.device.threads, env)?;
     let rank = group.rank;
     let several = group.world_size > 1;
 
@@ -84,6 +84,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         interrupt,
         command_line: std::env::args().collect(),
         group,
+        environment: env.clone(),
     })
     .with_context(|| if several { format!("rank {rank}") } else { "training".to_string() })?;
     if rank == 0 {

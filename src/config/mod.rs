@@ -8,15 +8,23 @@
 //!    column) and reject unknown sections and keys with a did-you-mean;
 //! 2. `overrides.rs`: apply `--set SECTION.KEY=VALUE` overrides in order;
 //! 3. `document.rs`: check each key's TOML type and the required keys;
-//! 4. `schema.rs`: deserialize into [`TrainConfig`], defaults filling the rest;
-//! 5. `validate.rs`: ranges, allowed values and conflicting keys.
+//! 4. `choices.rs`: take out the keys whose value is not one of their names (the
+//!    error waits for step 6);
+//! 5. `schema.rs`: deserialize into [`TrainConfig`], defaults filling the rest, each
+//!    choice (`train.lr_scheduler`, `model.dtype`, ...) into its enum;
+//! 6. `validate.rs`: ranges, allowed values and conflicting keys.
 //!
 //! Paths are kept exactly as written; relative paths are relative to the
 //! current directory of the process, not to the config file. Errors are
 //! [`ConfigError`]s whose messages start with where the problem is
 //! (`FILE:LINE`, `FILE` or `--set OVERRIDE`) and can be printed as-is.
+//!
+//! `env.rs` holds the other half of a run's settings: the environment variables, read
+//! once into [`EnvKnobs`].
 
+mod choices;
 mod document;
+mod env;
 mod error;
 mod keys;
 mod overrides;
@@ -28,10 +36,12 @@ mod tests;
 
 use std::path::Path;
 
+pub use env::{EnvKnobs, HubKnobs, FLASH_WARPS_VAR, NUM_THREADS_VAR};
 pub use error::ConfigError;
 pub use schema::{
-    DataSection, DeviceSection, EvalSection, LoraSection, ModelSection, OutputSection, TrainConfig, TrainSection,
-    BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LR_SCHEDULERS, TARGET_MODULES,
+    BadDeviceName, DataSection, DeviceName, DeviceSection, EvalSection, LintMode, LoraSection, ModelSection,
+    OutputSection, TrainConfig, TrainSection, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LINT_MODES,
+    LR_SCHEDULERS, QUANTIZE, TARGET_MODULES,
 };
 
 impl TrainConfig {
@@ -51,10 +61,11 @@ impl TrainConfig {
         overrides::apply(&mut table, overrides, &mut origins)?;
         document::check_types(&mut table, &origins)?;
         document::check_required(&table, &origins)?;
+        let bad_choices = choices::take_bad(&mut table, &origins);
         let config: TrainConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
             ConfigError::Deserialize { file: source_name.to_string(), message: e.message().to_string() }
         })?;
-        validate::validate(&config, &origins)?;
+        validate::validate(&config, &origins, bad_choices)?;
         Ok(config)
     }
 

@@ -10,13 +10,25 @@
 //! exactly as written; relative paths are relative to the current directory
 //! of the process, not to the config file.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::data::{BadRecordPolicy, FormatChoice};
+use crate::lora::Target;
+use crate::model::quantized::Quantize;
+use crate::model::FloatDtype;
+use crate::train::schedule::Decay;
+
+// The names each choice key takes, as messages list them (a test in `choices.rs` checks
+// that each list is exactly what its enum reads and writes).
 
 /// `model.dtype` values.
 pub const DTYPES: &[&str] = &["f32", "bf16", "f16"];
 /// `model.quantize` values (QLoRA): a GGUF file's own blocks, or a block format to
 /// quantize the projections to at load.
-pub const QUANTIZE: &[&str] = &["gguf", "q4_0", "q4_1", "q4_k", "q8_0"];
+pub const QUANTIZE: &[&str] = &Quantize::NAMES;
 /// `lora.target_modules` entries: the linear layers of a Llama-family block.
 pub const TARGET_MODULES: &[&str] = &["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 /// `data.format` values (`prompt_completion` is accepted as a spelling of
@@ -56,10 +68,10 @@ pub struct ModelSection {
     pub path: String,
     /// Compute dtype, one of [`DTYPES`]; `None`: f32 on CPU, bf16 on CUDA.
     #[serde(default)]
-    pub dtype: Option<String>,
+    pub dtype: Option<FloatDtype>,
     /// QLoRA: keep the projection weights quantized, one of [`QUANTIZE`]; `None`: dense.
     #[serde(default)]
-    pub quantize: Option<String>,
+    pub quantize: Option<Quantize>,
 }
 
 /// `[lora]`: the adapter.
@@ -73,7 +85,7 @@ pub struct LoraSection {
     /// Dropout on the adapter's input, in [0, 1).
     pub dropout: f64,
     /// Which linear layers get an adapter; entries from [`TARGET_MODULES`].
-    pub target_modules: Vec<String>,
+    pub target_modules: Vec<Target>,
     /// rsLoRA: scale by `alpha / sqrt(r)` instead of `alpha / r`.
     pub use_rslora: bool,
     /// A PEFT adapter folder to start from instead of a fresh init (continue fine-tuning);
@@ -99,7 +111,7 @@ pub struct DataSection {
     pub split_seed: u64,
     /// Record format, one of [`DATA_FORMATS`]; `auto` detects it per file.
     #[serde(default = "defaults::format")]
-    pub format: String,
+    pub format: FormatChoice,
     /// Examples longer than this many tokens are truncated (>= 8).
     #[serde(default = "defaults::max_seq_len")]
     pub max_seq_len: usize,
@@ -108,7 +120,7 @@ pub struct DataSection {
     pub packing: bool,
     /// What a malformed record does, one of [`BAD_RECORD_POLICIES`].
     #[serde(default = "defaults::on_bad_record")]
-    pub on_bad_record: String,
+    pub on_bad_record: BadRecordPolicy,
     /// Mixing weights, one per `train` file (> 0, normalised): the share of each epoch's
     /// examples drawn from that file. `None`: every example of every file, once.
     #[serde(default)]
@@ -116,7 +128,7 @@ pub struct DataSection {
     /// The data lint before training, one of [`LINT_MODES`]: errors stop the run
     /// (`error`), are printed (`warn`), or the lint is skipped (`off`).
     #[serde(default = "defaults::lint")]
-    pub lint: String,
+    pub lint: LintMode,
 }
 
 /// `[train]`: the optimisation.
@@ -134,7 +146,7 @@ pub struct TrainSection {
     /// Peak learning rate (> 0).
     pub lr: f64,
     /// Learning-rate schedule after warmup, one of [`LR_SCHEDULERS`].
-    pub lr_scheduler: String,
+    pub lr_scheduler: Decay,
     /// Linear warmup length in optimizer steps.
     pub warmup_steps: usize,
     /// Linear warmup length as a fraction of the total steps, in [0, 1); exclusive with `warmup_steps`.
@@ -211,7 +223,7 @@ pub struct OutputSection {
 #[serde(default, deny_unknown_fields)]
 pub struct DeviceSection {
     /// `auto`, `cpu`, `cuda` or `cuda:N`; `auto` takes the first GPU when there is one.
-    pub name: String,
+    pub name: DeviceName,
     /// CPU threads (>= 1); `None`: all cores (shared out among the ranks of `gpus`).
     pub threads: Option<usize>,
     /// Data parallel: this many processes on this machine, one per GPU (`--gpus N`).
@@ -257,7 +269,7 @@ impl Default for LoraSection {
             r: 16,
             alpha: 32.0,
             dropout: 0.0,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            target_modules: vec![Target::QProj, Target::KProj, Target::VProj, Target::OProj],
             use_rslora: false,
             init_from: None,
         }
@@ -272,7 +284,7 @@ impl Default for TrainSection {
             micro_batch_size: 4,
             grad_accum: 1,
             lr: 2e-4,
-            lr_scheduler: "cosine".to_string(),
+            lr_scheduler: Decay::Cosine,
             warmup_steps: 0,
             warmup_ratio: 0.0,
             min_lr_ratio: 0.0,
@@ -306,29 +318,31 @@ impl Default for EvalSection {
 
 impl Default for DeviceSection {
     fn default() -> Self {
-        DeviceSection { name: "auto".to_string(), threads: None, gpus: None }
+        DeviceSection { name: DeviceName::Auto, threads: None, gpus: None }
     }
 }
 
 /// Defaults of the sections that also have a required key (and so no `Default`).
 mod defaults {
+    use super::{BadRecordPolicy, FormatChoice, LintMode};
+
     pub fn eval_fraction() -> f64 {
         0.1
     }
     pub fn split_seed() -> u64 {
         42
     }
-    pub fn format() -> String {
-        "auto".to_string()
+    pub fn format() -> FormatChoice {
+        FormatChoice::Auto
     }
     pub fn max_seq_len() -> usize {
         1024
     }
-    pub fn on_bad_record() -> String {
-        "error".to_string()
+    pub fn on_bad_record() -> BadRecordPolicy {
+        BadRecordPolicy::Error
     }
-    pub fn lint() -> String {
-        "error".to_string()
+    pub fn lint() -> LintMode {
+        LintMode::Error
     }
     pub fn checkpoint_every() -> usize {
         100
@@ -353,4 +367,105 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
         OneOrMany::One(path) => vec![path],
         OneOrMany::Many(paths) => paths,
     })
+}
+
+/// `data.lint`: what lint errors in the data do to a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LintMode {
+    /// Lint errors stop the run before the model loads.
+    Error,
+    /// Lint errors are printed and the run goes on.
+    Warn,
+    /// No lint.
+    Off,
+}
+
+/// `device.name` (and `--device`): where to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceName {
+    /// The first GPU when there is one (in a group of ranks, this rank's), else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The first GPU (in a group of ranks, this rank's: `cuda:LOCAL_RANK`).
+    Cuda,
+    /// This GPU (`cuda:N`).
+    CudaOrdinal(usize),
+}
+
+/// Why a name is not a [`DeviceName`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadDeviceName {
+    /// Not `auto`, `cpu`, `cuda` or `cuda:...`.
+    Unknown,
+    /// `cuda:` followed by this, which is not a GPU number.
+    Ordinal(String),
+}
+
+impl DeviceName {
+    /// `auto`, `cpu`, `cuda` or `cuda:N`, spelled exactly.
+    pub fn parse(name: &str) -> Result<DeviceName, BadDeviceName> {
+        match name.strip_prefix("cuda:") {
+            Some(ordinal) => {
+                ordinal.parse().map(DeviceName::CudaOrdinal).map_err(|_| BadDeviceName::Ordinal(ordinal.into()))
+            }
+            None => match name {
+                "auto" => Ok(DeviceName::Auto),
+                "cpu" => Ok(DeviceName::Cpu),
+                "cuda" => Ok(DeviceName::Cuda),
+                _ => Err(BadDeviceName::Unknown),
+            },
+        }
+    }
+}
+
+impl BadDeviceName {
+    /// Why `name` is not a device name, for a message that names the key or flag before it.
+    pub fn reason(&self, name: &str) -> String {
+        match self {
+            BadDeviceName::Unknown => {
+                format!("unknown value \"{name}\" (expected one of: {})", DEVICE_NAMES.join(", "))
+            }
+            BadDeviceName::Ordinal(ordinal) => format!(
+                "\"{name}\": the GPU number after \"cuda:\" must be a non-negative integer, e.g. cuda:0 (got \"{ordinal}\")"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceName::Auto => f.write_str("auto"),
+            DeviceName::Cpu => f.write_str("cpu"),
+            DeviceName::Cuda => f.write_str("cuda"),
+            DeviceName::CudaOrdinal(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl FromStr for DeviceName {
+    type Err = String;
+
+    /// As `--device` takes it, with the command line's messages.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DeviceName::parse(s).map_err(|e| match e {
+            BadDeviceName::Unknown => format!("unknown device \"{s}\" (expected auto, cpu, cuda or cuda:N)"),
+            BadDeviceName::Ordinal(_) => format!("device {}", e.reason(s)),
+        })
+    }
+}
+
+impl Serialize for DeviceName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        DeviceName::parse(&name).map_err(|e| serde::de::Error::custom(e.reason(&name)))
+    }
 }

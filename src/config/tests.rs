@@ -5,6 +5,10 @@ use std::path::Path;
 
 use super::keys::{self, Kind, KEYS, SECTIONS};
 use super::*;
+use crate::data::{BadRecordPolicy, DataFormat, FormatChoice};
+use crate::lora::Target;
+use crate::model::FloatDtype;
+use crate::train::schedule::Decay;
 
 const MINIMAL: &str = r#"
 [model]
@@ -49,14 +53,17 @@ fn minimal_file_gets_every_default() {
     assert_eq!(cfg.model.dtype, None);
     let l = &cfg.lora;
     assert_eq!((l.r, l.alpha, l.dropout, l.use_rslora), (16, 32.0, 0.0, false));
-    assert_eq!(l.target_modules, ["q_proj", "k_proj", "v_proj", "o_proj"]);
+    assert_eq!(l.target_modules, [Target::QProj, Target::KProj, Target::VProj, Target::OProj]);
     let d = &cfg.data;
     assert_eq!(d.train, ["train.jsonl"]);
     assert_eq!((d.eval.as_deref(), d.eval_fraction, d.split_seed), (None, 0.1, 42));
-    assert_eq!((d.format.as_str(), d.max_seq_len, d.packing, d.on_bad_record.as_str()), ("auto", 1024, false, "error"));
+    assert_eq!(
+        (d.format, d.max_seq_len, d.packing, d.on_bad_record),
+        (FormatChoice::Auto, 1024, false, BadRecordPolicy::Error)
+    );
     let t = &cfg.train;
     assert_eq!((t.epochs, t.max_steps, t.micro_batch_size, t.grad_accum), (1, None, 4, 1));
-    assert_eq!((t.lr, t.lr_scheduler.as_str(), t.warmup_steps, t.warmup_ratio), (2e-4, "cosine", 0, 0.0));
+    assert_eq!((t.lr, t.lr_scheduler, t.warmup_steps, t.warmup_ratio), (2e-4, Decay::Cosine, 0, 0.0));
     assert_eq!((t.min_lr_ratio, t.weight_decay, t.adam_beta1, t.adam_beta2, t.adam_eps), (0.0, 0.0, 0.9, 0.999, 1e-8));
     assert_eq!((t.max_grad_norm, t.seed, t.gradient_checkpointing, t.log_every), (1.0, 42, false, 1));
     let e = &cfg.eval;
@@ -66,7 +73,7 @@ fn minimal_file_gets_every_default() {
         (o.dir.as_str(), o.checkpoint_every, o.keep_checkpoints, o.save_best, o.overwrite),
         ("runs/x", 100, 2, true, false)
     );
-    assert_eq!((cfg.device.name.as_str(), cfg.device.threads), ("auto", None));
+    assert_eq!((cfg.device.name, cfg.device.threads), (DeviceName::Auto, None));
 }
 
 #[test]
@@ -234,10 +241,10 @@ fn enumerated_values_list_the_allowed_and_suggest() {
     let msg = error(&set("device", "name = \"cuda:x\""), &[]);
     assert!(msg.starts_with("runs/x.toml:12: device.name: \"cuda:x\": the GPU number"), "{msg}");
     for name in ["auto", "cpu", "cuda", "cuda:0", "cuda:3"] {
-        assert_eq!(load(&set("device", &format!("name = \"{name}\"")), &[]).unwrap().device.name, name);
+        assert_eq!(load(&set("device", &format!("name = \"{name}\"")), &[]).unwrap().device.name.to_string(), name);
     }
     let cfg = load(&set("data", "format = \"prompt_completion\""), &[]).unwrap();
-    assert_eq!(cfg.data.format, "prompt_completion");
+    assert_eq!(cfg.data.format, FormatChoice::Fixed(DataFormat::PromptCompletion));
 }
 
 #[test]
@@ -300,11 +307,11 @@ fn overrides_of_each_type() {
     assert_eq!(cfg.lora.r, 8);
     assert!(cfg.data.packing);
     assert_eq!(cfg.data.train, ["a.jsonl"]);
-    assert_eq!(cfg.lora.target_modules, ["q_proj", "v_proj"]);
+    assert_eq!(cfg.lora.target_modules, [Target::QProj, Target::VProj]);
     assert_eq!(cfg.model.path, "models/x.gguf");
     assert_eq!(cfg.lora.alpha, 16.0);
     assert_eq!(cfg.train.max_steps, Some(60));
-    assert_eq!(cfg.device.name, "cuda:1");
+    assert_eq!(cfg.device.name, DeviceName::CudaOrdinal(1));
     // A list for data.train, and a later override winning over an earlier one and the file.
     let cfg = load(&set("lora", "r = 4"), &["data.train=[\"a.jsonl\",\"b.jsonl\"]", "lora.r=2", "lora.r=32"]).unwrap();
     assert_eq!(cfg.data.train, ["a.jsonl", "b.jsonl"]);
@@ -332,7 +339,7 @@ fn override_errors_name_the_override() {
 #[test]
 fn round_trip_through_toml_and_json() {
     let mut cfg = load(&set("train", "max_steps = 7\n[device]\nthreads = 2"), &[]).unwrap();
-    cfg.model.dtype = Some("bf16".into());
+    cfg.model.dtype = Some(FloatDtype::Bf16);
     cfg.data.train = vec!["a.jsonl".into(), "b.jsonl".into()];
     cfg.data.eval = Some("e.jsonl".into());
     cfg.train.lr = 3e-5;
@@ -356,14 +363,14 @@ fn round_trip_through_toml_and_json() {
 fn key_table_matches_the_structs() {
     let mut cfg = load(MINIMAL, &[]).unwrap();
     // Every optional key set, so that each one serializes.
-    cfg.model.dtype = Some("f16".into());
+    cfg.model.dtype = Some(FloatDtype::F16);
     cfg.data.eval = Some("e.jsonl".into());
     cfg.train.max_steps = Some(3);
     cfg.device.threads = Some(1);
     cfg.device.gpus = Some(2);
     cfg.lora.init_from = Some("runs/a".into());
     cfg.data.weights = Some(vec![1.0]);
-    cfg.model.quantize = Some("q4_k".into());
+    cfg.model.quantize = Some("q4_k".parse().unwrap());
     cfg.train.checkpoint_layers = Some(8);
     cfg.eval.regression = Some("general.jsonl".into());
     let toml::Value::Table(doc) = toml::Value::try_from(&cfg).unwrap() else { panic!() };
@@ -404,8 +411,8 @@ fn shipped_llama2_7b_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama2-7b-lora.toml");
     let cfg = TrainConfig::from_file(&path, &[]).unwrap();
     assert_eq!(cfg.model.path, "models/llama2-7b-random");
-    assert_eq!(cfg.model.dtype.as_deref(), Some("bf16"));
-    assert_eq!(cfg.device.name, "cuda");
+    assert_eq!(cfg.model.dtype, Some(FloatDtype::Bf16));
+    assert_eq!(cfg.device.name, DeviceName::Cuda);
     assert_eq!((cfg.lora.r, cfg.data.max_seq_len, cfg.data.packing), (16, 1024, true));
     assert_eq!((cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.max_steps), (4, 2, Some(30)));
 }
@@ -420,13 +427,13 @@ fn shipped_smollm2_cpu_config_is_valid() {
     assert_eq!(cfg.eval.regression.as_deref(), Some("examples/data/general-regression.jsonl"));
     assert_eq!(cfg.data.eval.as_deref(), Some("examples/data/calendar-eval.jsonl"));
     assert_eq!(cfg.output.dir, "runs/smollm2-calendar");
-    assert_eq!(cfg.device.name, "cpu");
+    assert_eq!(cfg.device.name, DeviceName::Cpu);
     let l = &cfg.lora;
     assert_eq!((l.r, l.alpha, l.dropout), (8, 16.0, 0.0));
-    assert_eq!(l.target_modules, ["q_proj", "k_proj", "v_proj", "o_proj"]);
+    assert_eq!(l.target_modules, [Target::QProj, Target::KProj, Target::VProj, Target::OProj]);
     assert_eq!(cfg.data.max_seq_len, 256);
     let t = &cfg.train;
-    assert_eq!((t.micro_batch_size, t.grad_accum, t.lr, t.lr_scheduler.as_str()), (8, 1, 1e-3, "cosine"));
+    assert_eq!((t.micro_batch_size, t.grad_accum, t.lr, t.lr_scheduler), (8, 1, 1e-3, Decay::Cosine));
     assert_eq!((t.warmup_steps, t.max_steps, t.weight_decay, t.max_grad_norm, t.seed), (5, Some(60), 0.0, 1.0, 42));
     assert_eq!((cfg.eval.every, cfg.output.checkpoint_every), (20, 20));
 }

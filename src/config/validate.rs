@@ -2,34 +2,30 @@
 //! names the full key, what is allowed and what was given.
 
 use std::collections::HashSet;
+use std::fmt::Display;
+use std::hash::Hash;
 
+use super::choices::BadChoices;
 use super::document::Origins;
 use super::error::ConfigError;
-use super::keys::closest;
-use super::schema::{
-    TrainConfig, BAD_RECORD_POLICIES, DATA_FORMATS, DEVICE_NAMES, DTYPES, LR_SCHEDULERS, QUANTIZE, TARGET_MODULES,
-};
+use super::schema::TrainConfig;
 
-pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), ConfigError> {
+/// `bad`: the choice keys whose value was not one of their names (`choices.rs`), each
+/// reported when its turn comes.
+pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins, mut bad: BadChoices) -> Result<(), ConfigError> {
     let c = Checker { origins };
     let (model, lora, data, train, eval, output, device) =
         (&cfg.model, &cfg.lora, &cfg.data, &cfg.train, &cfg.eval, &cfg.output, &cfg.device);
 
     c.not_empty("model.path", &model.path)?;
-    if let Some(dtype) = &model.dtype {
-        c.one_of("model.dtype", dtype, DTYPES)?;
-    }
-    if let Some(q) = &model.quantize {
-        c.one_of("model.quantize", q, QUANTIZE)?;
-    }
+    bad.check("model.dtype")?;
+    bad.check("model.quantize")?;
 
     c.int("lora.r", lora.r, 1, Some(1024))?;
     c.float("lora.alpha", lora.alpha, Lo::Excl(0.0), None)?;
     c.float("lora.dropout", lora.dropout, Lo::Incl(0.0), Some(Hi::Excl(1.0)))?;
+    bad.check("lora.target_modules")?;
     c.list("lora.target_modules", &lora.target_modules)?;
-    for module in &lora.target_modules {
-        c.one_of("lora.target_modules", module, TARGET_MODULES)?;
-    }
 
     c.list("data.train", &data.train)?;
     for path in &data.train {
@@ -39,9 +35,7 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
         c.not_empty("data.eval", path)?;
     }
     c.float("data.eval_fraction", data.eval_fraction, Lo::Incl(0.0), Some(Hi::Incl(0.5)))?;
-    if data.format != "prompt_completion" {
-        c.one_of("data.format", &data.format, DATA_FORMATS)?;
-    }
+    bad.check("data.format")?;
     c.int("data.max_seq_len", data.max_seq_len, 8, None)?;
     if let Some(weights) = &data.weights {
         if weights.len() != data.train.len() {
@@ -58,8 +52,8 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
             c.float("data.weights", *w, Lo::Excl(0.0), None)?;
         }
     }
-    c.one_of("data.on_bad_record", &data.on_bad_record, BAD_RECORD_POLICIES)?;
-    c.one_of("data.lint", &data.lint, super::schema::LINT_MODES)?;
+    bad.check("data.on_bad_record")?;
+    bad.check("data.lint")?;
 
     c.int("train.epochs", train.epochs, 1, None)?;
     if let Some(k) = train.checkpoint_layers {
@@ -71,7 +65,7 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     c.int("train.micro_batch_size", train.micro_batch_size, 1, None)?;
     c.int("train.grad_accum", train.grad_accum, 1, None)?;
     c.float("train.lr", train.lr, Lo::Excl(0.0), None)?;
-    c.one_of("train.lr_scheduler", &train.lr_scheduler, LR_SCHEDULERS)?;
+    bad.check("train.lr_scheduler")?;
     c.float("train.warmup_ratio", train.warmup_ratio, Lo::Incl(0.0), Some(Hi::Excl(1.0)))?;
     if train.warmup_steps > 0 && train.warmup_ratio > 0.0 {
         let keys = ["train.warmup_steps", "train.warmup_ratio"];
@@ -113,14 +107,24 @@ pub(crate) fn validate(cfg: &TrainConfig, origins: &Origins) -> Result<(), Confi
     c.not_empty("output.dir", &output.dir)?;
     c.int("output.keep_checkpoints", output.keep_checkpoints, 1, None)?;
 
-    c.device("device.name", &device.name)?;
+    bad.check("device.name")?;
     if let Some(gpus) = device.gpus {
         c.int("device.gpus", gpus, 1, None)?;
     }
     if let Some(threads) = device.threads {
         c.int("device.threads", threads, 1, None)?;
     }
-    Ok(())
+    bad.rest()
+}
+
+/// What is wrong with a list that must have entries and no repeats, if anything.
+pub(crate) fn list_problem<T: Eq + Hash + Display>(items: &[T]) -> Option<String> {
+    if items.is_empty() {
+        return Some("must list at least one entry".to_string());
+    }
+    let mut seen = HashSet::new();
+    let twice = items.iter().find(|item| !seen.insert(*item))?;
+    Some(format!("\"{twice}\" is listed twice"))
 }
 
 /// Lower bound of a float range: inclusive or exclusive.
@@ -195,19 +199,6 @@ impl Checker<'_> {
         Err(self.out_of_range(key, allowed, value.to_string()))
     }
 
-    fn one_of(&self, key: &str, value: &str, allowed: &'static [&'static str]) -> Result<(), ConfigError> {
-        if allowed.contains(&value) {
-            return Ok(());
-        }
-        Err(ConfigError::UnknownValue {
-            at: self.origins.at(key),
-            key: key.to_string(),
-            got: value.to_string(),
-            allowed: allowed.to_vec(),
-            suggestion: closest(value, allowed.iter().copied()).map(str::to_string),
-        })
-    }
-
     fn not_empty(&self, key: &str, value: &str) -> Result<(), ConfigError> {
         if value.trim().is_empty() {
             return Err(self.invalid(key, "must not be empty".to_string()));
@@ -216,33 +207,10 @@ impl Checker<'_> {
     }
 
     /// A non-empty list without repeated entries.
-    fn list(&self, key: &str, items: &[String]) -> Result<(), ConfigError> {
-        if items.is_empty() {
-            return Err(self.invalid(key, "must list at least one entry".to_string()));
-        }
-        let mut seen = HashSet::new();
-        if let Some(twice) = items.iter().find(|item| !seen.insert(item.as_str())) {
-            return Err(self.invalid(key, format!("\"{twice}\" is listed twice")));
-        }
-        Ok(())
-    }
-
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    fn device(&self, key: &str, name: &str) -> Result<(), ConfigError> {
-        match name.strip_prefix("cuda:") {
-            Some(ordinal) if ordinal.parse::<usize>().is_ok() => Ok(()),
-            Some(ordinal) => Err(self.invalid(
-                key,
-                format!("\"{name}\": the GPU number after \"cuda:\" must be a non-negative integer, e.g. cuda:0 (got \"{ordinal}\")"),
-            )),
-            None if ["auto", "cpu", "cuda"].contains(&name) => Ok(()),
-            None => Err(ConfigError::UnknownValue {
-                at: self.origins.at(key),
-                key: key.to_string(),
-                got: name.to_string(),
-                allowed: DEVICE_NAMES.to_vec(),
-                suggestion: closest(name, ["auto", "cpu", "cuda"]).map(str::to_string),
-            }),
+    fn list<T: Eq + Hash + Display>(&self, key: &str, items: &[T]) -> Result<(), ConfigError> {
+        match list_problem(items) {
+            Some(reason) => Err(self.invalid(key, reason)),
+            None => Ok(()),
         }
     }
 }

@@ -107,6 +107,70 @@ impl FromStr for DataFormat {
     }
 }
 
+/// The record format a user asks for (`[data] format`, `--format`): one format for every
+/// file, or `auto`, each file's own detected from its first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FormatChoice {
+    #[default]
+    Auto,
+    Fixed(DataFormat),
+}
+
+impl FormatChoice {
+    /// The format every file is read as; `None` for `auto`.
+    pub fn fixed(self) -> Option<DataFormat> {
+        match self {
+            FormatChoice::Auto => None,
+            FormatChoice::Fixed(f) => Some(f),
+        }
+    }
+
+    /// `auto` or the format's name, `prompt-completion` with the hyphen the config lists.
+    pub fn name(self) -> &'static str {
+        match self {
+            FormatChoice::Auto => "auto",
+            FormatChoice::Fixed(DataFormat::PromptCompletion) => "prompt-completion",
+            FormatChoice::Fixed(f) => f.name(),
+        }
+    }
+}
+
+impl fmt::Display for FormatChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for FormatChoice {
+    type Err = String;
+
+    /// `auto`, or a format as [`DataFormat`]'s `from_str` reads it (any case).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(FormatChoice::Auto),
+            f => f.parse().map(FormatChoice::Fixed),
+        }
+    }
+}
+
+impl Serialize for FormatChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for FormatChoice {
+    /// `auto` or a format's exact name (`prompt-completion` or `prompt_completion`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IntoDeserializer;
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "auto" => Ok(FormatChoice::Auto),
+            _ => DataFormat::deserialize(name.into_deserializer()).map(FormatChoice::Fixed),
+        }
+    }
+}
+
 /// One training example, normalised away from its file format.
 ///
 /// Prompt/completion pairs stay a kind of their own rather than becoming a
@@ -407,6 +471,22 @@ pub(crate) fn json_kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn format_choices_parse_and_serialize() {
+        let names = ["auto", "alpaca", "messages", "sharegpt", "prompt-completion", "text"];
+        for name in names {
+            let choice: FormatChoice = serde_json::from_value(json!(name)).unwrap();
+            assert_eq!((choice.to_string(), serde_json::to_value(choice).unwrap()), (name.to_string(), json!(name)));
+            assert_eq!(name.parse::<FormatChoice>().unwrap(), choice);
+        }
+        let pc = FormatChoice::Fixed(DataFormat::PromptCompletion);
+        assert_eq!(serde_json::from_value::<FormatChoice>(json!("prompt_completion")).unwrap(), pc);
+        assert_eq!("Prompt_Completion".parse::<FormatChoice>().unwrap(), pc);
+        assert!(serde_json::from_value::<FormatChoice>(json!("Alpaca")).is_err(), "the config's names are exact");
+        assert!("sharegtp".parse::<FormatChoice>().unwrap_err().starts_with("unknown data format \"sharegtp\""));
+        assert_eq!(FormatChoice::Auto.fixed(), None);
+    }
 
     fn conv(record: Record) -> Vec<(Role, String)> {
         match record {

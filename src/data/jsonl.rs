@@ -10,14 +10,17 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
 use super::format::{detect_format, json_kind, parse_record, DataFormat, RecordProblem};
 use super::{Dataset, Example};
 
-/// What to do with a line that cannot become an example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// What to do with a line that cannot become an example (`[data] on_bad_record`,
+/// `--on-bad-record`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BadRecordPolicy {
     /// Stop at the first bad line: the safe default for training data.
     #[default]

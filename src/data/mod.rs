@@ -17,7 +17,9 @@ pub mod lint;
 
 use std::path::PathBuf;
 
-pub use format::{detect_format, parse_prompt, parse_record, DataFormat, PromptRecord, Record, RecordProblem};
+pub use format::{
+    detect_format, parse_prompt, parse_record, DataFormat, FormatChoice, PromptRecord, Record, RecordProblem,
+};
 pub use jsonl::{read_jsonl, read_jsonl_from, read_prompts, BadRecordPolicy, DataError};
 
 /// A record with the line it came from, kept so later stages (tokenising,

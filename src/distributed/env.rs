@@ -4,13 +4,17 @@
 //! its machine; `MASTER_ADDR:MASTER_PORT` is where rank 0 listens. `loratune train --gpus N`
 //! sets them for the processes it starts; any other launcher (a Slurm script, say) may
 //! set them itself and start `loratune train CONFIG` once per GPU.
+//!
+//! The command line reads them once, with the other environment knobs
+//! (`crate::config::EnvKnobs`).
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 
 /// Default MASTER_PORT, as torch.distributed's.
 pub const DEFAULT_PORT: u16 = 29500;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RankEnv {
     pub rank: usize,
     pub world_size: usize,
@@ -32,12 +36,8 @@ fn number<T: std::str::FromStr>(get: &dyn Fn(&str) -> Option<String>, name: &str
 }
 
 impl RankEnv {
-    /// This process's place in a group, from the environment; `None` when `WORLD_SIZE` is
-    /// not set (a run of one process).
-    pub fn from_env() -> Result<Option<RankEnv>> {
-        Self::from_vars(&|k| std::env::var(k).ok())
-    }
-
+    /// This process's place in a group, from the variables `get` returns; `None` when
+    /// `WORLD_SIZE` is not set (a run of one process).
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<RankEnv>> {
         let Some(world_size) = number::<usize>(get, "WORLD_SIZE")? else {
             if var(get, "RANK").is_some() {
@@ -67,7 +67,7 @@ impl RankEnv {
 
 /// How the processes of one machine fit in a job of several machines (`--gpus N` with
 /// `NNODES` and `NODE_RANK`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeEnv {
     pub nnodes: usize,
     pub node_rank: usize,
@@ -78,10 +78,6 @@ pub struct NodeEnv {
 }
 
 impl NodeEnv {
-    pub fn from_env() -> Result<NodeEnv> {
-        Self::from_vars(&|k| std::env::var(k).ok())
-    }
-
     pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> Result<NodeEnv> {
         let nnodes = number::<usize>(get, "NNODES")?.unwrap_or(1);
         if nnodes == 0 {

@@ -17,6 +17,8 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::time::Duration;
 
+use crate::config::DeviceName;
+
 pub use env::{NodeEnv, RankEnv};
 use tcp::TcpGroup;
 
@@ -25,6 +27,17 @@ use tcp::TcpGroup;
 pub const COLLECTIVES_VAR: &str = "LORATUNE_COLLECTIVES";
 /// Seconds rank 0 waits for the others to connect, and they for it (default 600).
 pub const TIMEOUT_VAR: &str = "LORATUNE_RENDEZVOUS_TIMEOUT";
+
+/// How the GPU ranks of a group may sum their gradients (`LORATUNE_COLLECTIVES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Collectives {
+    /// NCCL, where the build has it.
+    #[default]
+    Nccl,
+    /// Through host memory (slow; for builds without NCCL and for checking NCCL's results).
+    Host,
+}
 
 /// How gradients travel between ranks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,20 +83,10 @@ impl ProcessGroup {
 
     /// Joins the group `env` describes, with this rank's compute `device`: host links
     /// always, NCCL too when the device is a GPU and the build has it (unless
-    /// `LORATUNE_COLLECTIVES=host`).
-    pub fn join(env: &RankEnv, device: &Device) -> Result<ProcessGroup> {
-        let timeout = match std::env::var(TIMEOUT_VAR) {
-            Ok(v) => Duration::from_secs(
-                v.trim().parse().map_err(|_| anyhow::anyhow!("{TIMEOUT_VAR}={v}: not a number of seconds"))?,
-            ),
-            Err(_) => Duration::from_secs(600),
-        };
+    /// `collectives` is `Host`). `timeout`: how long to wait for the other ranks to connect.
+    pub fn join(env: &RankEnv, device: &Device, collectives: Collectives, timeout: Duration) -> Result<ProcessGroup> {
         let host = TcpGroup::connect(env.rank, env.world_size, &env.master_addr, env.master_port, timeout)?;
-        let want_host = match std::env::var(COLLECTIVES_VAR).as_deref() {
-            Ok("host") => true,
-            Ok("nccl") | Ok("") | Err(_) => false,
-            Ok(other) => anyhow::bail!("{COLLECTIVES_VAR}={other}: expected host or nccl"),
-        };
+        let want_host = collectives == Collectives::Host;
         // A group of one on a GPU still goes through NCCL where the build has it: the way
         // to check that path on one GPU.
         let backend = if device.is_cuda() && !want_host && (env.world_size > 1 || cfg!(feature = "nccl")) {
@@ -195,12 +198,12 @@ impl ProcessGroup {
 
 /// This rank's GPU: `device.name` `auto` or `cuda` becomes `cuda:LOCAL_RANK`. A name that
 /// fixes one GPU (`cuda:1`) cannot serve several ranks of a machine.
-pub fn rank_device(name: &str, env: &RankEnv) -> Result<String> {
+pub fn rank_device(name: DeviceName, env: &RankEnv) -> Result<DeviceName> {
     Ok(match name {
-        "cpu" => "cpu".to_string(),
-        "auto" if !candle_core::utils::cuda_is_available() => "cpu".to_string(),
-        "auto" | "cuda" => format!("cuda:{}", env.local_rank),
-        fixed if env.world_size == 1 => fixed.to_string(),
+        DeviceName::Cpu => DeviceName::Cpu,
+        DeviceName::Auto if !candle_core::utils::cuda_is_available() => DeviceName::Cpu,
+        DeviceName::Auto | DeviceName::Cuda => DeviceName::CudaOrdinal(env.local_rank),
+        fixed if env.world_size == 1 => fixed,
         fixed => anyhow::bail!("device.name = \"{fixed}\" names one GPU, but this is rank {} of {}: use \"cuda\" or \"auto\" (each rank takes cuda:LOCAL_RANK)", env.rank, env.world_size),
     })
 }
@@ -233,8 +236,9 @@ mod tests {
     #[test]
     fn a_fixed_gpu_serves_one_rank_only() {
         let env = RankEnv { rank: 1, world_size: 2, local_rank: 1, master_addr: "127.0.0.1".into(), master_port: 1 };
-        assert_eq!(rank_device("cpu", &env).unwrap(), "cpu");
-        assert_eq!(rank_device("cuda", &env).unwrap(), "cuda:1");
-        assert!(rank_device("cuda:0", &env).unwrap_err().to_string().contains("names one GPU"));
+        assert_eq!(rank_device(DeviceName::Cpu, &env).unwrap(), DeviceName::Cpu);
+        assert_eq!(rank_device(DeviceName::Cuda, &env).unwrap(), DeviceName::CudaOrdinal(1));
+        let e = rank_device(DeviceName::CudaOrdinal(0), &env).unwrap_err().to_string();
+        assert!(e.starts_with("device.name = \"cuda:0\" names one GPU"), "{e}");
     }
 }

@@ -84,7 +84,7 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// row[i] = exp(row[i] - shift); returns the sum of the new values.
+    /// `row[i] = exp(row[i] - shift)`; returns the sum of the new values.
     fn exp_shift_sum(row: &mut [f32], shift: f32) -> f32 {
         let mut acc = [0f32; LANES];
         let mut chunks = row.chunks_exact_mut(LANES);
@@ -113,7 +113,7 @@ simd_dispatch! {
 
 /// Cross-entropy through softmax, forward and backward in one pass, in place: each row
 /// of logits (n, V) f32 becomes `scale * (softmax(row) - onehot(label))`, the gradient
-/// of `scale * sum(nll)`; the sum of -log softmax(row)[label] is kept in `nll_sum`.
+/// of `scale * sum(nll)`; the sum of `-log softmax(row)[label]` is kept in `nll_sum`.
 pub struct SoftmaxCrossEntropyGrad {
     /// (n,) one label per row.
     pub labels: Vec<u32>,

@@ -405,14 +405,21 @@ fn kv_stages_smem(d: usize) -> usize {
     2 * 2 * 64 * (d + 8) * 2
 }
 
-/// Warps per attention block (each owns 16 query rows, or 16 keys in dK/dV): 4 or 8, from
-/// LORATUNE_FLASH_WARPS (default 4). More rows per block share each K/V (Q/dO) tile
-/// loaded into shared memory; fewer give more blocks per multiprocessor.
+/// Warps per attention block (each owns 16 query rows, or 16 keys in dK/dV): 4 or 8. More
+/// rows per block share each K/V (Q/dO) tile loaded into shared memory; fewer give more
+/// blocks per multiprocessor. 4 until [`set_flash_warps`] says otherwise.
+static FLASH_WARPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+
+/// Sets the warps per attention block for the kernels launched from now on: the command
+/// line does, once at start, from `LORATUNE_FLASH_WARPS` (`EnvKnobs::flash_warps`).
+pub fn set_flash_warps(warps: usize) {
+    assert!(warps == 4 || warps == 8, "flash attention runs 4 or 8 warps per block, not {warps}");
+    FLASH_WARPS.store(warps, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The warps per attention block (see [`set_flash_warps`]).
 pub fn flash_warps() -> usize {
-    match std::env::var("LORATUNE_FLASH_WARPS").as_deref() {
-        Ok("8") => 8,
-        _ => 4,
-    }
+    FLASH_WARPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether the flash kernels handle this head dim.

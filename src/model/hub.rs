@@ -20,15 +20,11 @@ pub struct HubOptions {
 }
 
 impl HubOptions {
-    /// The conventional settings of the Python hub client, read from the environment.
+    /// The conventional settings of the Python hub client, read from the environment, for
+    /// library callers and tests; the command line reads them once, with every other
+    /// knob, into `crate::config::EnvKnobs`.
     pub fn from_env() -> Self {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let cache_dir = env("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| env("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .unwrap_or_else(|| Cache::default().path().clone());
-        let offline = matches!(env("HF_HUB_OFFLINE").as_deref(), Some("1" | "true" | "TRUE" | "yes" | "ON" | "on"));
-        HubOptions { cache_dir, offline, revision: "main".into() }
+        crate::config::HubKnobs::from_env().options()
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dtype;
 pub mod error;
 pub mod gguf_source;
 #[cfg(feature = "cuda")]
@@ -15,6 +16,7 @@ pub mod tensor_reader;
 
 pub use checkpoint::{load, LoadOptions, LoadedModel, ModelIdentity, ModelSource};
 pub use config::{Architecture, ModelConfig};
+pub use dtype::FloatDtype;
 pub use error::LoadError;
 pub use llama::Llama;
 pub mod init;

@@ -20,16 +20,59 @@ pub enum Quantize {
 }
 
 impl Quantize {
-    /// "gguf", "q4_0", "q4_1", "q4_k", "q8_0".
+    /// Every value a user can ask for, in the order of [`Quantize::NAMES`].
+    pub const ALL: [Quantize; 5] = [
+        Quantize::Gguf,
+        Quantize::To(GgmlDType::Q4_0),
+        Quantize::To(GgmlDType::Q4_1),
+        Quantize::To(GgmlDType::Q4K),
+        Quantize::To(GgmlDType::Q8_0),
+    ];
+    /// Their names, as `[model] quantize` and `--quantize` take them.
+    pub const NAMES: [&'static str; 5] = ["gguf", "q4_0", "q4_1", "q4_k", "q8_0"];
+
+    /// "gguf", "q4_0", "q4_1", "q4_k", "q8_0", in any case.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "gguf" => Quantize::Gguf,
-            "q4_0" => Quantize::To(GgmlDType::Q4_0),
-            "q4_1" => Quantize::To(GgmlDType::Q4_1),
-            "q4_k" => Quantize::To(GgmlDType::Q4K),
-            "q8_0" => Quantize::To(GgmlDType::Q8_0),
-            other => return Err(format!("quantize = \"{other}\" is not one of gguf, q4_0, q4_1, q4_k, q8_0")),
-        })
+        let lower = s.to_ascii_lowercase();
+        Self::from_name(&lower)
+            .ok_or_else(|| format!("quantize = \"{lower}\" is not one of gguf, q4_0, q4_1, q4_k, q8_0"))
+    }
+
+    /// The value of one of [`Quantize::NAMES`], spelled exactly.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().position(|n| *n == name).map(|i| Self::ALL[i])
+    }
+}
+
+impl std::fmt::Display for Quantize {
+    /// Its name in [`Quantize::NAMES`] (another block format: its `Debug` form, lowercase).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match Self::ALL.iter().position(|q| q == self) {
+            Some(i) => f.write_str(Self::NAMES[i]),
+            None => f.write_str(&format!("{self:?}").to_ascii_lowercase()),
+        }
+    }
+}
+
+impl std::str::FromStr for Quantize {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl serde::Serialize for Quantize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Quantize {
+    /// Exactly one of [`Quantize::NAMES`] (the config's rule; `--quantize` ignores case).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::from_name(&name).ok_or_else(|| serde::de::Error::unknown_variant(&name, &Self::NAMES))
     }
 }
 
@@ -209,28 +252,6 @@ impl Weight {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quantized_weights_expand_to_candle_dequantization_on_the_cpu() {
-        // Seeded: candle's CPU `randn` cannot be.
-        let w = crate::model::init::init_tensor("w", &[8, 256], 0, 1.0).unwrap();
-        for format in CUDA_FORMATS {
-            let q = QuantizedWeight::quantize(&w, format, &Device::Cpu, DType::F32).unwrap();
-            let want = QTensor::quantize(&w, format).unwrap().dequantize(&Device::Cpu).unwrap();
-            let got = Weight::Quantized(q.clone()).dense().unwrap();
-            assert_eq!(got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "{format:?}");
-            let err = (&got - &w).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
-            assert!(err > 0.0 && err < 0.15, "{format:?}: rms error {err}");
-            assert_eq!(q.storage_bytes(), 8 * 256 / format.block_size() * format.type_size());
-        }
-        assert_eq!(Quantize::parse("Q4_K").unwrap(), Quantize::To(GgmlDType::Q4K));
-        assert!(Quantize::parse("q3_k").unwrap_err().contains("q4_k"));
-    }
-}
-
 /// True for the seven projection weights of a decoder layer: what QLoRA keeps in blocks
 /// (embeddings, norms and the LM head stay dense).
 pub fn is_projection(name: &str) -> bool {
@@ -293,4 +314,31 @@ pub fn quantize_model(model: &mut super::Llama, format: GgmlDType) -> Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantized_weights_expand_to_candle_dequantization_on_the_cpu() {
+        // Seeded: candle's CPU `randn` cannot be.
+        let w = crate::model::init::init_tensor("w", &[8, 256], 0, 1.0).unwrap();
+        for format in CUDA_FORMATS {
+            let q = QuantizedWeight::quantize(&w, format, &Device::Cpu, DType::F32).unwrap();
+            let want = QTensor::quantize(&w, format).unwrap().dequantize(&Device::Cpu).unwrap();
+            let got = Weight::Quantized(q.clone()).dense().unwrap();
+            assert_eq!(got.to_vec2::<f32>().unwrap(), want.to_vec2::<f32>().unwrap(), "{format:?}");
+            let err = (&got - &w).unwrap().sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+            assert!(err > 0.0 && err < 0.15, "{format:?}: rms error {err}");
+            assert_eq!(q.storage_bytes(), 8 * 256 / format.block_size() * format.type_size());
+        }
+        assert_eq!(Quantize::parse("Q4_K").unwrap(), Quantize::To(GgmlDType::Q4K));
+        assert!(Quantize::parse("q3_k").unwrap_err().contains("q4_k"));
+        for (q, name) in Quantize::ALL.into_iter().zip(Quantize::NAMES) {
+            assert_eq!((q.to_string(), Quantize::parse(name).unwrap()), (name.to_string(), q));
+            assert_eq!(serde_json::from_value::<Quantize>(serde_json::to_value(q).unwrap()).unwrap(), q);
+        }
+        assert!(serde_json::from_value::<Quantize>("Q4_K".into()).is_err(), "the config's names are exact");
+    }
 }

@@ -9,7 +9,6 @@ use super::batches::{self, DataFileStats};
 use super::lint_gate;
 use crate::config::TrainConfig;
 use crate::data::lint::LintSummary;
-use crate::data::{BadRecordPolicy, DataFormat};
 use crate::encode::EncodedExample;
 use crate::eval::EvalPrompt;
 use crate::tokenizer::Tokenizer;
@@ -40,12 +39,7 @@ impl RunData {
 /// `data.weights`, takes the eval set from `data.eval` or splits it off, and reads the
 /// regression set. Only rank 0 (`main`) prints.
 pub fn load(cfg: &TrainConfig, tokenizer: &Tokenizer, run_dir: &Path, main: bool) -> Result<RunData> {
-    let format: Option<DataFormat> = match cfg.data.format.as_str() {
-        "auto" => None,
-        f => Some(f.parse().map_err(|e| anyhow::anyhow!("data.format: {e}"))?),
-    };
-    let policy: BadRecordPolicy =
-        cfg.data.on_bad_record.parse().map_err(|e| anyhow::anyhow!("data.on_bad_record: {e}"))?;
+    let (format, policy) = (cfg.data.format.fixed(), cfg.data.on_bad_record);
     // Rank 0 lints (a refusal there ends every rank: the launcher stops the rest).
     let lint = if main { lint_gate::check(cfg, format, policy, tokenizer, run_dir)? } else { None };
     let mut files = Vec::new();

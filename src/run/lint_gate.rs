@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-use crate::config::TrainConfig;
+use crate::config::{LintMode, TrainConfig};
 use crate::data::lint::{self, LintOptions, LintSummary};
 use crate::data::{BadRecordPolicy, DataFormat};
 use crate::tokenizer::Tokenizer;
@@ -28,7 +28,7 @@ pub fn check(
     tok: &Tokenizer,
     run_dir: &Path,
 ) -> Result<Option<LintSummary>> {
-    if cfg.data.lint == "off" {
+    if cfg.data.lint == LintMode::Off {
         return Ok(None);
     }
     let opts = LintOptions { format, max_seq_len: cfg.data.max_seq_len, bad_records: policy, ..LintOptions::default() };
@@ -42,7 +42,7 @@ pub fn check(
         print!("{}", report.human_summary(SHOWN));
         println!("lint    report in {}", path.display());
     }
-    if report.has_errors() && cfg.data.lint == "error" {
+    if report.has_errors() && cfg.data.lint == LintMode::Error {
         anyhow::bail!(
             "the data has {} lint error{} (listed above; all findings in {}): fix the data (`loratune data dedup` removes duplicates), or set [data] lint = \"warn\" to train anyway",
             s.errors,

@@ -10,7 +10,7 @@ use super::base_vs_tuned::{GenerationReport, RegressionReport};
 use super::batches::DataFileStats;
 use super::checkpoint::EvalPoint;
 use super::layout::{EVAL_FILE, MANIFEST_FILE};
-use crate::config::TrainConfig;
+use crate::config::{EnvKnobs, TrainConfig};
 use crate::data::lint::LintSummary;
 use crate::digest::sha256_file;
 use crate::distributed::Backend;
@@ -102,6 +102,10 @@ pub struct Manifest {
     /// The data lint's counts (`None` with `[data] lint = "off"`); the findings are in lint.json.
     #[serde(default)]
     pub lint: Option<LintSummary>,
+    /// The environment knobs this process ran with (configs/README.md, "Environment").
+    /// Manifests from before they were recorded lack them: the defaults.
+    #[serde(default)]
+    pub environment: EnvKnobs,
 }
 
 fn one() -> usize {
@@ -225,6 +229,7 @@ impl Manifest {
             wall_seconds: 3.5,
             error: None,
             lint: None,
+            environment: EnvKnobs::default(),
         }
     }
 }

@@ -6,10 +6,10 @@
 //! 3. [`start::load_model`]: the frozen base, loaded and hashed;
 //! 4. [`start::start_or_resume`]: adapter, optimizer and trainer state, fresh or from the
 //!    newest checkpoint; config.toml and run.json written;
-//! 5. the base model's eval loss, before any training ([`Run::measure_base`]);
-//! 6. the step loop ([`Run::train`]): one optimizer step ([`Run::optimizer_step`]), eval
-//!    when due, checkpoint when due, until the last step, an early stop or Ctrl-C;
-//! 7. [`Run::finish`]: the closing eval, the adapter, base vs tuned, eval.json.
+//! 5. the base model's eval loss, before any training (`Run::measure_base`);
+//! 6. the step loop (`Run::train`): one optimizer step (`Run::optimizer_step`), eval when
+//!    due, checkpoint when due, until the last step, an early stop or Ctrl-C;
+//! 7. `Run::finish`: the closing eval, the adapter, base vs tuned, eval.json.
 //!
 //! The step itself is [`crate::train`]; the run folder's files are named in [`layout`] and
 //! typed in [`manifest`]. `--resume` continues from the newest complete checkpoint and
@@ -42,11 +42,10 @@ use self::layout::{CONFIG_FILE, RUN_OUTPUTS};
 use self::manifest::{EvalReport, Manifest};
 use self::metrics::{MetricsLine, MetricsLog, Reporter};
 use self::start::BaseModel;
-use crate::config::TrainConfig;
+use crate::config::{EnvKnobs, TrainConfig};
 use crate::distributed::{self, ProcessGroup};
 use crate::encode::EncodedExample;
 use crate::lora::{self, LoraWeights};
-use crate::model::hub::HubOptions;
 use crate::model::{self, Llama, ModelSource};
 use crate::tokenizer::Tokenizer;
 use crate::train::optimizer::{self, AdamW};
@@ -66,6 +65,8 @@ pub struct RunOptions {
     pub command_line: Vec<String>,
     /// The ranks of a data-parallel run (`ProcessGroup::single()` for one process).
     pub group: ProcessGroup,
+    /// The environment variables, as the command line read them (recorded in run.json).
+    pub environment: EnvKnobs,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ pub fn run(opts: RunOptions) -> Result<RunOutcome> {
     let run_dir = PathBuf::from(&cfg.output.dir);
 
     let source = ModelSource::parse(&cfg.model.path).with_context(|| format!("model.path {}", cfg.model.path))?;
-    let hub = HubOptions::from_env();
+    let hub = opts.environment.hub.options();
     let tokenizer = model::checkpoint::load_tokenizer(&source, &hub)
         .with_context(|| format!("loading the tokenizer of {}", cfg.model.path))?;
     // The run folder is prepared first so that the lint report has a place to go.
@@ -195,6 +196,7 @@ fn new_manifest(
         wall_seconds: start.state.wall_seconds,
         error: None,
         lint: data.lint.clone(),
+        environment: opts.environment.clone(),
     }
 }
 
@@ -221,7 +223,7 @@ fn announce(opts: &RunOptions, data: &RunData, plan: &BatchPlan, schedule: &Sche
         "lora    r={} alpha={} on {} ({} trainable parameters)",
         cfg.lora.r,
         cfg.lora.alpha,
-        cfg.lora.target_modules.join(","),
+        cfg.lora.target_modules.iter().map(|t| t.name()).collect::<Vec<_>>().join(","),
         lora_parameters
     );
 }

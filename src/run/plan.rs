@@ -3,7 +3,7 @@
 
 use super::batches::BatchPlan;
 use crate::config::TrainConfig;
-use crate::train::schedule::{Decay, Schedule};
+use crate::train::schedule::Schedule;
 
 /// The batch plan of the whole group and the learning-rate schedule (which holds the
 /// total step count). A step is `grad_accum` micro-batches on each of `world_size` ranks:
@@ -25,12 +25,12 @@ pub fn plan(cfg: &TrainConfig, train_lens: &[usize], world_size: usize) -> (Batc
     } else {
         cfg.train.warmup_steps
     };
-    let decay = match cfg.train.lr_scheduler.as_str() {
-        "cosine" => Decay::Cosine,
-        "linear" => Decay::Linear,
-        _ => Decay::Constant,
+    let schedule = Schedule {
+        peak_lr: cfg.train.lr,
+        warmup_steps,
+        total_steps,
+        decay: cfg.train.lr_scheduler,
+        min_lr_ratio: cfg.train.min_lr_ratio,
     };
-    let schedule =
-        Schedule { peak_lr: cfg.train.lr, warmup_steps, total_steps, decay, min_lr_ratio: cfg.train.min_lr_ratio };
     (plan, schedule)
 }

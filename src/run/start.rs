@@ -36,18 +36,10 @@ pub fn load_model(
     main: bool,
 ) -> Result<BaseModel> {
     let mut load_opts = LoadOptions::for_device(device.clone(), hub);
-    if let Some(d) = &cfg.model.dtype {
-        load_opts.dtype = match d.as_str() {
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            _ => DType::F32,
-        };
+    if let Some(d) = cfg.model.dtype {
+        load_opts.dtype = d.dtype();
     }
-    load_opts.quantize = cfg
-        .model
-        .quantize
-        .as_deref()
-        .map(|q| crate::model::quantized::Quantize::parse(q).expect("validated by config"));
+    load_opts.quantize = cfg.model.quantize;
     let t0 = Instant::now();
     let loaded = model::load(source, &load_opts).with_context(|| format!("loading model {}", cfg.model.path))?;
     if main {
@@ -197,8 +189,7 @@ fn resume_from_checkpoint(
 
 /// The adapter the `[lora]` section describes (targets sorted, each once).
 fn lora_spec(cfg: &TrainConfig) -> LoraSpec {
-    let mut targets: Vec<Target> =
-        cfg.lora.target_modules.iter().map(|n| Target::from_name(n).expect("validated by config")).collect();
+    let mut targets = cfg.lora.target_modules.clone();
     targets.sort();
     targets.dedup();
     LoraSpec {

@@ -167,7 +167,7 @@ pub fn attention_backward(
 
 pub use crate::kernels::AttnShape;
 
-/// Which keys each query sees: `kstart` (B*T,) u32 (query i sees kstart[i]..=i) for the
+/// Which keys each query sees: `kstart` (B*T,) u32 (query i sees `kstart[i]..=i`) for the
 /// flash kernels, the equivalent (B, 1, T, T) additive bias for the unfused path.
 pub struct AttnMask<'a> {
     pub kstart: &'a Tensor,

@@ -32,7 +32,7 @@ pub struct TrainBatch {
     /// (B, T) u32
     pub input_ids: Tensor,
     /// (B*T,) u32 for each query the first key it may attend to (the start of its example);
-    /// it attends to keys kstart[i] ..= i. The flash kernels read this instead of a mask.
+    /// it attends to keys `kstart[i] ..= i`. The flash kernels read this instead of a mask.
     pub kstart: Tensor,
     kstart_host: Vec<u32>,
     /// The same mask as a (B, 1, T, T) f32 additive bias (0 allowed, f32::MIN not), built
