@@ -5,14 +5,11 @@
 //!
 //! A variable set to the empty string counts as unset.
 
-use std::path::PathBuf;
-
 use anyhow::{bail, Result};
-use hf_hub::Cache;
 use serde::{Deserialize, Serialize};
 
 use crate::distributed::{Collectives, NodeEnv, RankEnv, COLLECTIVES_VAR, TIMEOUT_VAR};
-use crate::model::hub::HubOptions;
+pub use crate::model::hub::HubKnobs;
 
 /// Warps per flash-attention block on CUDA: 4 (the default) or 8.
 pub const FLASH_WARPS_VAR: &str = "LORATUNE_FLASH_WARPS";
@@ -42,17 +39,6 @@ pub struct EnvKnobs {
     pub node: NodeEnv,
     /// The Hugging Face hub variables.
     pub hub: HubKnobs,
-}
-
-/// The variables of the Python `huggingface_hub` client that loratune follows.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HubKnobs {
-    /// `HF_HUB_CACHE`: the hub cache folder.
-    pub hf_hub_cache: Option<PathBuf>,
-    /// `HF_HOME`: without `HF_HUB_CACHE`, the cache is `$HF_HOME/hub`.
-    pub hf_home: Option<PathBuf>,
-    /// `HF_HUB_OFFLINE`: `1`, `true`, `yes` or `on` (any other value: off): never download.
-    pub hf_hub_offline: bool,
 }
 
 /// A variable's value, `None` when unset or empty.
@@ -113,39 +99,11 @@ impl Default for EnvKnobs {
     }
 }
 
-impl HubKnobs {
-    /// The hub variables of this process's environment.
-    pub fn from_env() -> HubKnobs {
-        Self::from_vars(&|k| std::env::var(k).ok())
-    }
-
-    pub fn from_vars(get: Vars) -> HubKnobs {
-        HubKnobs {
-            hf_hub_cache: var(get, "HF_HUB_CACHE").map(PathBuf::from),
-            hf_home: var(get, "HF_HOME").map(PathBuf::from),
-            hf_hub_offline: matches!(
-                var(get, "HF_HUB_OFFLINE").as_deref(),
-                Some("1" | "true" | "TRUE" | "yes" | "ON" | "on")
-            ),
-        }
-    }
-
-    /// The hub client's settings: the cache folder (`$HF_HUB_CACHE`, or `$HF_HOME/hub`, or
-    /// ~/.cache/huggingface/hub) and offline mode.
-    pub fn options(&self) -> HubOptions {
-        let cache_dir = self
-            .hf_hub_cache
-            .clone()
-            .or_else(|| self.hf_home.as_ref().map(|h| h.join("hub")))
-            .unwrap_or_else(|| Cache::default().path().clone());
-        HubOptions { cache_dir, offline: self.hf_hub_offline, revision: "main".into() }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::path::PathBuf;
 
     fn knobs(pairs: &[(&str, &str)]) -> Result<EnvKnobs> {
         let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

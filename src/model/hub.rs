@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use hf_hub::{Cache, Repo, RepoType};
+use serde::{Deserialize, Serialize};
 
 use super::error::LoadError;
 use super::safetensors_source::{read_index, INDEX_FILE, SINGLE_FILE};
@@ -24,7 +25,49 @@ impl HubOptions {
     /// library callers and tests; the command line reads them once, with every other
     /// knob, into `crate::config::EnvKnobs`.
     pub fn from_env() -> Self {
-        crate::config::HubKnobs::from_env().options()
+        HubKnobs::from_env().options()
+    }
+}
+
+/// The variables of the Python `huggingface_hub` client that loratune follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubKnobs {
+    /// `HF_HUB_CACHE`: the hub cache folder.
+    pub hf_hub_cache: Option<PathBuf>,
+    /// `HF_HOME`: without `HF_HUB_CACHE`, the cache is `$HF_HOME/hub`.
+    pub hf_home: Option<PathBuf>,
+    /// `HF_HUB_OFFLINE`: `1`, `true`, `yes` or `on` (any other value: off): never download.
+    pub hf_hub_offline: bool,
+}
+
+impl HubKnobs {
+    /// The hub variables of this process's environment.
+    pub fn from_env() -> HubKnobs {
+        Self::from_vars(&|k| std::env::var(k).ok())
+    }
+
+    /// The hub variables `get` returns (`None` for an unset one; empty counts as unset).
+    pub fn from_vars(get: &dyn Fn(&str) -> Option<String>) -> HubKnobs {
+        let var = |name: &str| get(name).filter(|v| !v.is_empty());
+        HubKnobs {
+            hf_hub_cache: var("HF_HUB_CACHE").map(PathBuf::from),
+            hf_home: var("HF_HOME").map(PathBuf::from),
+            hf_hub_offline: matches!(
+                var("HF_HUB_OFFLINE").as_deref(),
+                Some("1" | "true" | "TRUE" | "yes" | "ON" | "on")
+            ),
+        }
+    }
+
+    /// The hub client's settings: the cache folder (`$HF_HUB_CACHE`, or `$HF_HOME/hub`, or
+    /// ~/.cache/huggingface/hub) and offline mode.
+    pub fn options(&self) -> HubOptions {
+        let cache_dir = self
+            .hf_hub_cache
+            .clone()
+            .or_else(|| self.hf_home.as_ref().map(|h| h.join("hub")))
+            .unwrap_or_else(|| Cache::default().path().clone());
+        HubOptions { cache_dir, offline: self.hf_hub_offline, revision: "main".into() }
     }
 }
 
