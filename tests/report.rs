@@ -334,8 +334,29 @@ fn report_refuses_folders_that_are_not_runs_and_names_bad_lines() {
     let e = common::stderr(&o);
     assert!(e.contains("empty/run.json") && e.contains("loratune train` output folder"), "{e}");
 
+    // A manifest without the fields a run writes is refused, naming the first one missing.
     std::fs::write(d.join("empty/run.json"), r#"{"status": "completed", "steps_completed": 1, "total_steps": 1}"#)
         .unwrap();
+    std::fs::write(d.join("empty/metrics.jsonl"), "").unwrap();
+    let o = common::loratune(d, &["report", "empty"]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains("empty/run.json") && e.contains("missing field `loratune_version`"), "{e}");
+
+    // A whole manifest, as a one-step run writes it, beside a torn metrics line.
+    let cfg = common::run_config(Path::new("model.gguf"), &["train.jsonl"], "empty", &[]);
+    let manifest = json!({
+        "loratune_version": "0.1.0", "git_commit": "unknown", "command_line": ["loratune", "train", "run.toml"],
+        "config_source": "run.toml", "config": cfg,
+        "base_model": {"source": "model.gguf", "kind": "gguf", "resolved": "model.gguf",
+                       "weight_files": ["model.gguf"], "num_parameters": 1000},
+        "base_model_files": [{"path": "model.gguf", "bytes": 10, "sha256": "00"}], "init_adapter": null,
+        "data": [], "eval_set": "none", "train_examples": 4, "eval_examples": 0, "lora_parameters": 64,
+        "total_steps": 1, "seed": 0, "device": "cpu", "dtype": "f32", "threads": 2,
+        "started_at": "2026-12-03T00:00:00Z", "sessions": [{"started_at": "2026-12-03T00:00:00Z", "from_step": 0}],
+        "status": "completed", "steps_completed": 1, "ended_at": null, "wall_seconds": 1.0, "error": null
+    });
+    std::fs::write(d.join("empty/run.json"), manifest.to_string()).unwrap();
     std::fs::write(
         d.join("empty/metrics.jsonl"),
         "{\"step\": 1, \"loss\": 2.0, \"elapsed_s\": 1}\n{\"step\": 2, \"loss\": 2.0\n",
