@@ -488,3 +488,31 @@ fn a_run_continues_from_a_saved_peft_adapter() {
         "{err}"
     );
 }
+
+/// A resume reads run.json back: a torn one is refused (naming the file), never skipped,
+/// since skipping it would also skip the check that the base model is the one the run
+/// started with; and that check refuses a base whose weights hash differently.
+#[test]
+fn resume_refuses_an_unreadable_manifest_and_a_changed_base_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = setup(d, 4);
+    let o = train(d, &[cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let manifest = d.join("run/run.json");
+    let whole = std::fs::read_to_string(&manifest).unwrap();
+
+    common::write(&manifest, &whole[..whole.len() / 2]);
+    let o = train(d, &["--resume", "run"]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains("resuming needs the run's manifest") && e.contains("run/run.json"), "{e}");
+
+    let mut m: Value = serde_json::from_str(&whole).unwrap();
+    m["base_model_files"][0]["sha256"] = Value::String("0".repeat(64));
+    common::write(&manifest, &serde_json::to_string_pretty(&m).unwrap());
+    let o = train(d, &["--resume", "run"]);
+    assert!(!o.status.success());
+    let e = common::stderr(&o);
+    assert!(e.contains("the base model's weight files have changed since this run started"), "{e}");
+}
