@@ -76,7 +76,7 @@ fn environment() -> Result<EnvKnobs> {
         env.candle_num_threads = Some(1);
     }
     #[cfg(feature = "cuda")]
-    crate::train::cuda_kernels::set_flash_warps(env.flash_warps);
+    crate::kernels::cuda::set_flash_warps(env.flash_warps);
     Ok(env)
 }
 
