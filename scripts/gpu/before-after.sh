@@ -34,7 +34,7 @@ out = sys.argv[1]
 print(f"{'workload':<16} {'old tok/s (2 runs)':>20} {'new tok/s (2 runs)':>20} {'new/old':>8} {'peak GiB old/new':>17}  losses")
 for w in sys.argv[2:]:
     seq, batch, gc = w.split()
-    r = {k: json.load(open(f"{out}/bench-{seq}-{batch}-gc{gc}-{k}.json")) for k in ("old-1", "new-1", "old-2", "new-2")}
+    r = {k: json.load(open(f"{out}/bench-{seq}-{batch}-gc{gc}-{k}.json"))["ours"] for k in ("old-1", "new-1", "old-2", "new-2")}
     tps = lambda k: r[k]["tokens_per_s"]
     old, new = (tps("old-1") + tps("old-2")) / 2, (tps("new-1") + tps("new-2")) / 2
     pd = lambda k: r[k].get("peak_device") or {}
