@@ -36,6 +36,12 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result
     write_bytes(path, text.as_bytes())
 }
 
+/// [`write_json`] for callers that report with `anyhow`: the error names the file.
+pub fn write_json_file(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    write_json(path, value).with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

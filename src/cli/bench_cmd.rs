@@ -240,7 +240,7 @@ pub fn run(a: BenchArgs, env: &EnvKnobs) -> Result<()> {
             peer_loadavg_start: peer_la.0,
             peer_loadavg_end: peer_la.1,
         };
-        super::write_json_file(out, &combined)?;
+        crate::atomic::write_json_file(out, &combined)?;
         println!("wrote        {}", out.display());
     }
     Ok(())

@@ -133,7 +133,7 @@ fn lint_files(a: LintArgs, env: &EnvKnobs) -> Result<()> {
         lint::lint(&a.files, a.eval.as_deref(), tokenizer.as_ref(), &opts).unwrap_or_else(|e| usage_error(e.into()));
     print!("{}", report.human_summary(a.show));
     if let Some(path) = &a.json {
-        super::write_json_file(path, &report)?;
+        crate::atomic::write_json_file(path, &report)?;
         println!("wrote {}", path.display());
     }
     if report.has_errors() {

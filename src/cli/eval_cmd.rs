@@ -161,7 +161,7 @@ pub fn run(a: EvalArgs, env: &EnvKnobs) -> Result<()> {
         files,
         summary,
     };
-    super::write_json_file(&a.out, &report)?;
+    crate::atomic::write_json_file(&a.out, &report)?;
     println!("wrote        {}", a.out.display());
     Ok(())
 }

@@ -135,7 +135,7 @@ pub fn run(a: GenerateArgs, env: &EnvKnobs) -> Result<()> {
         println!();
         report(&g);
         if let Some(path) = &a.json {
-            super::write_json_file(path, &g)?;
+            crate::atomic::write_json_file(path, &g)?;
         }
         return Ok(());
     }

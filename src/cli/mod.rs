@@ -114,11 +114,6 @@ pub(crate) fn parse_size(spec: &str) -> Result<u64> {
     Ok((num * mult) as u64)
 }
 
-/// [`crate::atomic::write_json`], with an error that names the file.
-pub(crate) fn write_json_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
-    crate::atomic::write_json(path, value).with_context(|| format!("writing {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,7 +217,7 @@ pub fn write(c: &Comparison, dir: &Path) -> Result<Vec<PathBuf>> {
         rows.push('\n');
     }
     let paths = [dir.join("compare.json"), dir.join("compare.jsonl"), dir.join("compare.md")];
-    crate::atomic::write_json(&paths[0], c)?;
+    crate::atomic::write_json_file(&paths[0], c)?;
     crate::atomic::write_bytes(&paths[1], rows.as_bytes())?;
     crate::atomic::write_bytes(&paths[2], markdown(c).as_bytes())?;
     Ok(paths.to_vec())

@@ -76,8 +76,7 @@ pub fn save(
         candle_core::safetensors::save(&moments, p).map_err(|e| std::io::Error::other(e.to_string()))
     })
     .with_context(|| format!("writing {}", opt_path.display()))?;
-    let state_path = tmp.join(STATE_FILE);
-    crate::atomic::write_json(&state_path, state).with_context(|| format!("writing {}", state_path.display()))?;
+    crate::atomic::write_json_file(&tmp.join(STATE_FILE), state)?;
     if dest.exists() {
         // An incomplete folder of the same name (no state file) from an older layout.
         std::fs::remove_dir_all(&dest)?;

@@ -36,7 +36,7 @@ pub fn check(
     let report = lint::lint(&train, cfg.data.eval.as_deref().map(Path::new), Some(tok), &opts)?;
     let path = run_dir.join(LINT_FILE);
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    crate::atomic::write_json(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    crate::atomic::write_json_file(&path, &report)?;
     let s = &report.summary;
     if s.errors + s.warnings > 0 {
         print!("{}", report.human_summary(SHOWN));

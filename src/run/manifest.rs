@@ -158,11 +158,6 @@ fn read<T: serde::de::DeserializeOwned>(path: PathBuf) -> Result<T, RecordError>
     from_json(&text).map_err(|message| RecordError::Malformed { path, message })
 }
 
-fn write(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    use anyhow::Context;
-    crate::atomic::write_json(path, value).with_context(|| format!("writing {}", path.display()))
-}
-
 impl Manifest {
     /// `run_dir/run.json`.
     pub fn read(run_dir: &Path) -> Result<Manifest, RecordError> {
@@ -170,7 +165,7 @@ impl Manifest {
     }
 
     pub fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
-        write(&run_dir.join(MANIFEST_FILE), self)
+        crate::atomic::write_json_file(&run_dir.join(MANIFEST_FILE), self)
     }
 }
 
@@ -181,7 +176,7 @@ impl EvalReport {
     }
 
     pub fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
-        write(&run_dir.join(EVAL_FILE), self)
+        crate::atomic::write_json_file(&run_dir.join(EVAL_FILE), self)
     }
 }
 
