@@ -44,6 +44,22 @@ if [ ! -e "$cuda/lib64/libnccl.so" ]; then
   ln -sfn "$cuda/lib64/libnccl.so.2" "$cuda/lib64/libnccl.so"
 fi
 
+# cuDNN's headers and its header-only C++ frontend, for the fused-attention shim
+# (src/kernels/cudnn/sdpa.cpp). Only headers are used: cuDNN itself is loaded at run time,
+# from the GPU machine's own install (PyTorch's nvidia-cudnn-cu13), so 9.19 headers serve
+# any cuDNN 9 there.
+cudnn_dir="$tk/cudnn"
+if [ ! -e "$cudnn_dir/include/cudnn.h" ] || [ ! -e "$cudnn_dir/frontend/include/cudnn_frontend.h" ]; then
+  rm -rf "$cudnn_dir" && mkdir -p "$cudnn_dir/wheels"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$cudnn_dir/wheels" \
+    nvidia-cudnn-cu13==9.19.0.56 nvidia-cudnn-frontend==1.32.0
+  unzip -q -o "$cudnn_dir"/wheels/nvidia_cudnn_cu13-*.whl 'nvidia/cudnn/include/*' -d "$cudnn_dir/x"
+  mv "$cudnn_dir/x/nvidia/cudnn/include" "$cudnn_dir/include"
+  unzip -q -o "$cudnn_dir"/wheels/nvidia_cudnn_frontend-*.whl 'include/*' -d "$cudnn_dir/frontend"
+  rm -rf "$cudnn_dir/wheels" "$cudnn_dir/x"
+fi
+export CUDNN_INCLUDE_DIR="$cudnn_dir/include" CUDNN_FRONTEND_INCLUDE_DIR="$cudnn_dir/frontend/include"
+
 export CUDA_ROOT="$cuda" CUDA_PATH="$cuda" CUDA_TOOLKIT_ROOT_DIR="$cuda"
 export PATH="$cuda/bin:$PATH" LD_LIBRARY_PATH="$cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"

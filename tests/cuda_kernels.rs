@@ -120,6 +120,67 @@ fn flash_attention_matches_reference() {
     ck::set_flash_warps(4);
 }
 
+/// cuDNN's fused attention (forward, backward) against the same f32 reference, on odd
+/// lengths (T = 2, 200, 8191), GQA, both head dims, packing and padding. (At T = 1 cuDNN's
+/// backward refuses the graph; `supported` says so and the step runs the flash kernels,
+/// which `bf16_step_matches_f32_step` and `flash_attention_matches_reference` cover.) A padding tail is
+/// one causal segment for cuDNN but self-only in the reference; neither reaches a real
+/// token, so outputs are compared on real rows and dout is zero on padding rows.
+#[test]
+fn cudnn_attention_matches_reference() {
+    use loratune::kernels::{cudnn, AttentionChoice};
+    let seed = test_seed("cudnn_attention_matches_reference");
+    let dev = gpu(seed);
+    cudnn::set_choice(AttentionChoice::Cudnn, std::env::var("LORATUNE_CUDNN_LIB").ok());
+    assert!(cudnn::enabled(&dev).unwrap(), "cuDNN did not load: see LD_LIBRARY_PATH");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let one = EncodedExample { input_ids: vec![5], target_mask: vec![1], truncated: false };
+    let single = TrainBatch::new(&[vec![&one]], 0, &dev).unwrap();
+    let s1 = AttnShape { b: 1, t: 1, nh: 4, nkv: 4, d: 128 };
+    assert!(!single.segment_tensors(s1).unwrap().supported(&s1), "one-token sequences go to the flash kernels");
+    for (t, row0, d, nh, nkv) in [
+        (2, vec![1], 128, 4, 4),
+        (200, vec![120, 57], 64, 6, 2),
+        (200, vec![120, 57], 128, 6, 2),
+        (8191, vec![3000, 4001, 1000], 128, 8, 2),
+    ] {
+        let mut ex = |len: usize| EncodedExample {
+            input_ids: (0..len).map(|_| rng.gen_range(0..100u32)).collect(),
+            target_mask: vec![1; len],
+            truncated: false,
+        };
+        let (r0, full): (Vec<_>, _) = (row0.iter().map(|&l| ex(l)).collect(), ex(t));
+        let batch = TrainBatch::new(&[r0.iter().collect(), vec![&full]], 0, &dev).unwrap();
+        let b = 2;
+        let n = b * t;
+        let real: Vec<f32> = (0..n).map(|at| f32::from(at >= t || at < row0.iter().sum::<usize>())).collect();
+        let real = Tensor::from_vec(real, (n, 1), &dev).unwrap();
+        let s = AttnShape { b, t, nh, nkv, d };
+        let (q, k, v) =
+            (randn(&[n, nh * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev), randn(&[n, nkv * d], 1.0, &dev));
+        let seg = batch.segment_tensors(s).unwrap();
+        assert!(seg.supported(&s));
+        let (o, stats) = cudnn::sdpa_forward(&q, &k, &v, seg, s).unwrap();
+        assert_eq!(stats.dims(), &[n, nh]);
+
+        let heads =
+            |x: &Tensor, h: usize| f32(x).reshape((b, t, h, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let rows = |x: Tensor, h: usize| x.transpose(1, 2).unwrap().contiguous().unwrap().reshape((n, h * d)).unwrap();
+        let on_real = |x: &Tensor| f32(x).broadcast_mul(&real).unwrap();
+        let (qh, kh, vh) = (heads(&q, nh), heads(&k, nkv), heads(&v, nkv));
+        let (ctx, probs) = ops::attention_forward(&qh, &kh, &vh, batch.bias().unwrap()).unwrap();
+        let tag = format!("T={t} D={d} {nh}/{nkv} heads");
+        check(&format!("cudnn fwd o ({tag})"), &on_real(&o), &on_real(&rows(ctx, nh)), 1e-2);
+
+        let dout = randn(&[n, nh * d], 1.0, &dev).broadcast_mul(&real.to_dtype(DType::BF16).unwrap()).unwrap();
+        let (dq, dk, dv) = cudnn::sdpa_backward(&dout, &q, &k, &v, &o, &stats, seg, s).unwrap();
+        let (rq, rk, rv) = ops::attention_backward(&heads(&dout, nh), &qh, &kh, &vh, &probs).unwrap();
+        check(&format!("cudnn bwd dq ({tag})"), &dq, &rows(rq, nh), 2e-2);
+        check(&format!("cudnn bwd dk ({tag})"), &dk, &rows(rk, nkv), 2e-2);
+        check(&format!("cudnn bwd dv ({tag})"), &dv, &rows(rv, nkv), 2e-2);
+    }
+}
+
 #[test]
 fn elementwise_kernels_match_reference() {
     let seed = test_seed("elementwise_kernels_match_reference");

@@ -7,3 +7,9 @@ if [ ! -x "$lt" ]; then
   python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" dist/gpu/loratune.xz "$lt"
   chmod +x "$lt"
 fi
+# cuDNN 9 for the fused attention (src/kernels/cudnn.rs loads libcudnn.so.9 at run time):
+# PyTorch's own copy (pip's nvidia-cudnn-cu13), when there is one.
+cudnn_lib=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null || true)
+if [ -n "$cudnn_lib" ] && [ -e "$cudnn_lib/libcudnn.so.9" ]; then
+  export LD_LIBRARY_PATH="$cudnn_lib:$LD_LIBRARY_PATH"
+fi

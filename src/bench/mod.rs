@@ -12,6 +12,8 @@
 //! untimed, then `steps` are timed one by one (batch upload and mask, forward, backward,
 //! AdamW update).
 
+pub mod attention;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use rand::{Rng, SeedableRng};

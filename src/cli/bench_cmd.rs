@@ -92,6 +92,14 @@ pub struct BenchArgs {
     /// total and the all-reduce time are printed too.
     #[arg(long, value_name = "N", conflicts_with = "peer")]
     pub gpus: Option<usize>,
+    /// Instead of a training step: time attention alone, forward and backward, at these
+    /// comma-separated lengths (B 1, causal, bf16, CUDA) for each engine (flash, cuDNN), and
+    /// print TFLOP/s; --attention-heads sets the shape.
+    #[arg(long, value_name = "T,T,...", value_delimiter = ',', conflicts_with_all = ["peer", "gpus"])]
+    pub attention: Option<Vec<usize>>,
+    /// Query heads, kv heads and head dim of --attention.
+    #[arg(long, value_name = "NH,NKV,D", value_delimiter = ',', default_value = "32,32,128")]
+    pub attention_heads: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -136,7 +144,31 @@ fn repo_path(p: &str) -> PathBuf {
     path
 }
 
+/// `bench --attention`: one line per engine and length, and the JSON when asked.
+fn run_attention(a: &BenchArgs, lens: &[usize]) -> Result<()> {
+    let [nh, nkv, d] = a.attention_heads[..] else { bail!("--attention-heads takes three numbers: NH,NKV,D") };
+    let device = super::open_device(a.device)?;
+    let rates = bench::attention::run(&device, lens, nh, nkv, d)?;
+    println!(
+        "attention, B 1, {nh}/{nkv} heads of {d}, causal, bf16 (median ms; TFLOP/s, backward = 2.5x forward FLOPs)"
+    );
+    println!("{:>7} {:>6} {:>9} {:>9} {:>9} {:>9}", "T", "engine", "fwd ms", "fwd TF/s", "bwd ms", "bwd TF/s");
+    for r in &rates {
+        println!(
+            "{:>7} {:>6} {:>9.3} {:>9.0} {:>9.3} {:>9.0}",
+            r.t, r.engine, r.fwd_ms, r.fwd_tflops, r.bwd_ms, r.bwd_tflops
+        );
+    }
+    if let Some(path) = &a.json {
+        crate::atomic::write_json_file(path, &rates)?;
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs, env: &EnvKnobs) -> Result<()> {
+    if let Some(lens) = &a.attention {
+        return run_attention(&a, lens);
+    }
     let (device, group) = super::ranks::device_and_group(a.gpus.unwrap_or(1), a.device, None, env)?;
     let main = group.is_main();
     let targets = parse_targets(&a.targets)?;

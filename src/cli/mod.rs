@@ -77,6 +77,7 @@ fn environment() -> Result<EnvKnobs> {
     }
     #[cfg(feature = "cuda")]
     crate::kernels::cuda::set_flash_warps(env.flash_warps);
+    crate::kernels::cudnn::set_choice(env.attention, env.cudnn_lib.clone());
     Ok(env)
 }
 

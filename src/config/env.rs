@@ -9,10 +9,15 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::distributed::{Collectives, NodeEnv, RankEnv, COLLECTIVES_VAR, TIMEOUT_VAR};
+pub use crate::kernels::AttentionChoice;
 pub use crate::model::hub::HubKnobs;
 
 /// Warps per flash-attention block on CUDA: 4 (the default) or 8.
 pub const FLASH_WARPS_VAR: &str = "LORATUNE_FLASH_WARPS";
+/// Attention kernels on CUDA: `auto` (cuDNN where it loads), `cudnn` or `flash`.
+pub const ATTENTION_VAR: &str = "LORATUNE_ATTENTION";
+/// The cuDNN 9 library to load (default: `libcudnn.so.9` from the loader's path).
+pub const CUDNN_LIB_VAR: &str = "LORATUNE_CUDNN_LIB";
 /// Threads of candle's element-wise CPU pool.
 pub const NUM_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
 
@@ -23,6 +28,15 @@ pub struct EnvKnobs {
     /// More rows per block share each tile loaded into shared memory; fewer give more
     /// blocks per multiprocessor.
     pub flash_warps: usize,
+    /// `LORATUNE_ATTENTION`: the attention kernels of CUDA bf16 steps: `auto` (default:
+    /// cuDNN's fused attention where cuDNN 9 loads, else ours), `cudnn` (an error where it
+    /// does not load) or `flash` (ours).
+    #[serde(default)]
+    pub attention: AttentionChoice,
+    /// `LORATUNE_CUDNN_LIB`: the cuDNN library file to load; `None`: `libcudnn.so.9` from
+    /// the loader's path (LD_LIBRARY_PATH).
+    #[serde(default)]
+    pub cudnn_lib: Option<String>,
     /// `CANDLE_NUM_THREADS`: threads of candle's element-wise CPU pool (0: all cores).
     /// `None`: unset (the command line then sets 1, see `cli::run`).
     pub candle_num_threads: Option<usize>,
@@ -63,6 +77,12 @@ impl EnvKnobs {
             Some("8") => 8,
             Some(other) => bail!("{FLASH_WARPS_VAR}={other}: expected 4 or 8 (warps per flash-attention block)"),
         };
+        let attention = match var(get, ATTENTION_VAR).as_deref() {
+            None | Some("auto") => AttentionChoice::Auto,
+            Some("cudnn") => AttentionChoice::Cudnn,
+            Some("flash") => AttentionChoice::Flash,
+            Some(other) => bail!("{ATTENTION_VAR}={other}: expected auto, cudnn or flash"),
+        };
         let candle_num_threads = match var(get, NUM_THREADS_VAR) {
             None => None,
             Some(v) => Some(
@@ -82,6 +102,8 @@ impl EnvKnobs {
         };
         Ok(EnvKnobs {
             flash_warps,
+            attention,
+            cudnn_lib: var(get, CUDNN_LIB_VAR),
             candle_num_threads,
             collectives,
             rendezvous_timeout_s,
@@ -118,7 +140,11 @@ mod tests {
         assert_eq!((k.rendezvous_timeout_s, k.rank.as_ref(), k.node.nnodes), (600, None, 1));
         assert_eq!(k.hub, HubKnobs::default());
         // Empty is unset.
-        assert_eq!(knobs(&[(FLASH_WARPS_VAR, ""), (COLLECTIVES_VAR, ""), (TIMEOUT_VAR, "")]).unwrap(), k);
+        assert_eq!((k.attention, k.cudnn_lib.as_deref()), (AttentionChoice::Auto, None));
+        assert_eq!(
+            knobs(&[(FLASH_WARPS_VAR, ""), (COLLECTIVES_VAR, ""), (TIMEOUT_VAR, ""), (ATTENTION_VAR, "")]).unwrap(),
+            k
+        );
     }
 
     #[test]
@@ -132,8 +158,12 @@ mod tests {
             ("WORLD_SIZE", "2"),
             ("HF_HOME", "/h"),
             ("HF_HUB_OFFLINE", "1"),
+            (ATTENTION_VAR, "flash"),
+            (CUDNN_LIB_VAR, "/opt/cudnn/libcudnn.so.9"),
         ])
         .unwrap();
+        assert_eq!((k.attention, k.cudnn_lib.as_deref()), (AttentionChoice::Flash, Some("/opt/cudnn/libcudnn.so.9")));
+        assert_eq!(knobs(&[(ATTENTION_VAR, "cudnn")]).unwrap().attention, AttentionChoice::Cudnn);
         assert_eq!((k.flash_warps, k.candle_num_threads, k.collectives), (8, Some(2), Collectives::Host));
         assert_eq!((k.rendezvous_timeout_s, k.rank.as_ref().map(|r| r.rank)), (30, Some(1)));
         let hub = k.hub.options();
@@ -145,6 +175,7 @@ mod tests {
             ((NUM_THREADS_VAR, "many"), "CANDLE_NUM_THREADS=many: not a non-negative whole number"),
             ((COLLECTIVES_VAR, "mpi"), "LORATUNE_COLLECTIVES=mpi: expected host or nccl"),
             ((TIMEOUT_VAR, "1m"), "LORATUNE_RENDEZVOUS_TIMEOUT=1m: not a number of seconds"),
+            ((ATTENTION_VAR, "fa3"), "LORATUNE_ATTENTION=fa3: expected auto, cudnn or flash"),
             (("RANK", "0"), "RANK is set but WORLD_SIZE is not"),
         ] {
             let e = knobs(&[pairs]).unwrap_err().to_string();

@@ -26,7 +26,7 @@ const CROSS_ENTROPY: (&str, &str) = ("loratune_cross_entropy", ptx::CROSS_ENTROP
 const ADAMW: (&str, &str) = ("loratune_adamw", ptx::ADAMW);
 const DEQUANTIZE: (&str, &str) = ("loratune_dequantize", ptx::DEQUANTIZE);
 
-fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+pub(super) fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
     match t.device() {
         Device::Cuda(d) => Ok(d.clone()),
         other => bail!("CUDA kernel given a tensor on {other:?}"),
@@ -35,7 +35,7 @@ fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
 
 /// Device address of a contiguous tensor's first element, checked against `dtype`. The
 /// address stays valid while the tensor lives; frees are stream-ordered after our launch.
-fn ptr(t: &Tensor, dtype: DType, what: &str) -> Result<u64> {
+pub(super) fn ptr(t: &Tensor, dtype: DType, what: &str) -> Result<u64> {
     if t.dtype() != dtype {
         bail!("CUDA kernel: {what} is {:?}, expected {dtype:?}", t.dtype());
     }
@@ -53,7 +53,7 @@ fn ptr(t: &Tensor, dtype: DType, what: &str) -> Result<u64> {
     Ok(base + (start * dtype.size_in_bytes()) as u64)
 }
 
-fn empty(dev: &CudaDevice, shape: &[usize], dtype: DType) -> Result<Tensor> {
+pub(super) fn empty(dev: &CudaDevice, shape: &[usize], dtype: DType) -> Result<Tensor> {
     // SAFETY: every element is written by the kernel that receives it.
     unsafe { Tensor::empty(shape, dtype, &Device::Cuda(dev.clone())) }
 }
@@ -578,4 +578,19 @@ pub fn matmul_accumulate(c: &Tensor, a: &Tensor, b: &Tensor, b_transposed: bool)
         .map_err(|e| candle_core::Error::Msg(format!("cuBLAS accumulate: {e:?}")))?;
     }
     Ok(())
+}
+
+/// Milliseconds of device time between the start and end of the work `f` enqueues on
+/// `dev`'s stream, measured with CUDA events (host overhead that overlaps the device's
+/// queue does not count, as with torch.cuda.Event).
+pub fn elapsed_ms<T>(dev: &Device, f: impl FnOnce() -> Result<T>) -> Result<f64> {
+    let Device::Cuda(cuda) = dev else { bail!("elapsed_ms needs a CUDA device") };
+    let stream = cuda.cuda_stream();
+    let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream.record_event(timing).w()?;
+    let out = f()?;
+    let end = stream.record_event(timing).w()?;
+    let ms = start.elapsed_ms(&end).w()?;
+    drop(out);
+    Ok(ms as f64)
 }

@@ -55,3 +55,6 @@ pub fn flash_attention_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     bail!("{NO_CUDA}")
 }
+pub fn elapsed_ms<T>(_: &candle_core::Device, _: impl FnOnce() -> Result<T>) -> Result<f64> {
+    bail!("{NO_CUDA}")
+}

@@ -28,6 +28,7 @@ pub fn cuda_bf16(x: &Tensor) -> bool {
 }
 
 use crate::kernels::cuda;
+use crate::kernels::cudnn::{self, SegmentTensors};
 
 // ---------------------------------------------------------------------------------------
 // RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps)
@@ -168,10 +169,12 @@ pub fn attention_backward(
 pub use crate::kernels::AttnShape;
 
 /// Which keys each query sees: `kstart` (B*T,) u32 (query i sees `kstart[i]..=i`) for the
-/// flash kernels, the equivalent (B, 1, T, T) additive bias for the unfused path.
+/// flash kernels, the same as causal segments for cuDNN, and as a (B, 1, T, T) additive
+/// bias for the unfused path.
 pub struct AttnMask<'a> {
     pub kstart: &'a Tensor,
     pub bias: &'a dyn Fn() -> Result<Tensor>,
+    pub segments: &'a dyn Fn(AttnShape) -> Result<&'a SegmentTensors>,
 }
 
 /// What attention keeps for backward.
@@ -180,15 +183,16 @@ pub enum AttnSaved {
     /// Unfused: post-RoPE q (B, NH, T, D), k and v (B, NKV, T, D), probs (B, NH, T, T) f32.
     Probs { q: Tensor, k: Tensor, v: Tensor, probs: Tensor },
     /// Flash: post-RoPE q (N, NH*D), k and v (N, NKV*D), the output o (N, NH*D) and the
-    /// softmax log-normaliser lse (B, NH, T) f32.
-    Flash { q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor },
+    /// softmax log-normaliser lse, (B, NH, T) f32 from our kernels or (N, NH) f32 from
+    /// cuDNN (`cudnn`), read back by the same engine's backward.
+    Flash { q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, cudnn: bool },
 }
 
 impl AttnSaved {
     pub fn tensors(&self) -> Vec<&Tensor> {
         match self {
             AttnSaved::Probs { q, k, v, probs } => vec![q, k, v, probs],
-            AttnSaved::Flash { q, k, v, o: _, lse } => vec![q, k, v, lse], // o is the saved ctx
+            AttnSaved::Flash { q, k, v, o: _, lse, .. } => vec![q, k, v, lse], // o is the saved ctx
         }
     }
 }
@@ -215,8 +219,15 @@ pub fn attention_block_forward(
         let q = cuda::rope(&qp.contiguous()?, &cos, &sin, s.d, false)?;
         let k = cuda::rope(&kp.contiguous()?, &cos, &sin, s.d, false)?;
         let v = vp.contiguous()?;
-        let (o, lse) = cuda::flash_attention_forward(&q, &k, &v, mask.kstart, s)?;
-        return Ok((o.clone(), AttnSaved::Flash { q, k, v, o, lse }));
+        let cudnn_segments = match cudnn::enabled(qp.device())? {
+            true => Some((mask.segments)(s)?).filter(|seg| seg.supported(&s)),
+            false => None,
+        };
+        let (o, lse) = match cudnn_segments {
+            Some(seg) => cudnn::sdpa_forward(&q, &k, &v, seg, s)?,
+            None => cuda::flash_attention_forward(&q, &k, &v, mask.kstart, s)?,
+        };
+        return Ok((o.clone(), AttnSaved::Flash { q, k, v, o, lse, cudnn: cudnn_segments.is_some() }));
     }
     let heads = |y: &Tensor, h: usize| y.reshape((s.b, s.t, h, s.d))?.transpose(1, 2)?.contiguous();
     let q = rope_forward(&heads(qp, s.nh)?, cos, sin)?;
@@ -239,8 +250,12 @@ pub fn attention_block_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let n = s.b * s.t;
     match saved {
-        AttnSaved::Flash { q, k, v, o, lse } => {
-            let (dq, dk, dv) = cuda::flash_attention_backward(&dctx.contiguous()?, q, k, v, o, lse, mask.kstart, s)?;
+        AttnSaved::Flash { q, k, v, o, lse, cudnn } => {
+            let dctx = dctx.contiguous()?;
+            let (dq, dk, dv) = match cudnn {
+                true => cudnn::sdpa_backward(&dctx, q, k, v, o, lse, (mask.segments)(s)?, s)?,
+                false => cuda::flash_attention_backward(&dctx, q, k, v, o, lse, mask.kstart, s)?,
+            };
             let (cos, sin) = (cos.reshape((n, s.d))?, sin.reshape((n, s.d))?);
             Ok((cuda::rope(&dq, &cos, &sin, s.d, true)?, cuda::rope(&dk, &cos, &sin, s.d, true)?, dv))
         }

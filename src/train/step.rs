@@ -19,6 +19,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::ops::{self, LoraGrad, LoraSaved};
 use crate::encode::EncodedExample;
+use crate::kernels::cudnn::SegmentTensors;
+use crate::kernels::{AttnShape, Segments};
 use crate::lora::{LayerLora, LoraWeights, Target};
 use crate::model::llama::LayerWeights;
 use crate::model::{Llama, ModelConfig};
@@ -38,6 +40,10 @@ pub struct TrainBatch {
     /// The same mask as a (B, 1, T, T) f32 additive bias (0 allowed, f32::MIN not), built
     /// on first use: only the unfused attention path needs it, and it is O(T^2).
     bias: std::sync::OnceLock<Tensor>,
+    /// The tokens as causal runs (examples, padding tails) for cuDNN's ragged attention,
+    /// and their device tensors, built on first use.
+    segments: Segments,
+    segment_tensors: std::sync::OnceLock<SegmentTensors>,
     /// (B, T) f32 position of each token within its own example.
     pub positions: Tensor,
     /// (n,) u32 flat indices b*T + j of rows whose next token is a target.
@@ -64,6 +70,16 @@ impl TrainBatch {
         }
         let tensor = Tensor::from_vec(bias, (b, 1, t, t), self.kstart.device())?;
         Ok(self.bias.get_or_init(|| tensor))
+    }
+
+    /// The batch's segments on the device for attention of shape `s`, built on first use
+    /// (every layer of a model has the same shape).
+    pub fn segment_tensors(&self, s: AttnShape) -> Result<&SegmentTensors> {
+        if let Some(t) = self.segment_tensors.get() {
+            return Ok(t);
+        }
+        let t = SegmentTensors::new(&self.segments, s, self.kstart.device())?;
+        Ok(self.segment_tensors.get_or_init(|| t))
     }
 
     /// `rows[b]` lists the examples packed into row b (one each without packing).
@@ -111,6 +127,8 @@ impl TrainBatch {
             kstart: Tensor::from_vec(kstart.clone(), b * t, device)?,
             kstart_host: kstart,
             bias: std::sync::OnceLock::new(),
+            segments: Segments::from_example_ids(&segment, t),
+            segment_tensors: std::sync::OnceLock::new(),
             positions: Tensor::from_vec(pos, (b, t), device)?,
             predictor_rows: Tensor::from_vec(pred_rows, n, device)?,
             labels: Tensor::from_vec(labels, n, device)?,
@@ -306,7 +324,11 @@ pub fn layer_forward(
     let kp = proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?;
     let vp = proj(Target::VProj, &w.self_attn.v_proj, &h_attn)?;
     let (attn, attn_saved) = timed(p, "attention fwd", || {
-        let mask = ops::AttnMask { kstart: &ctx.batch.kstart, bias: &|| ctx.batch.bias().cloned() };
+        let mask = ops::AttnMask {
+            kstart: &ctx.batch.kstart,
+            bias: &|| ctx.batch.bias().cloned(),
+            segments: &|s| ctx.batch.segment_tensors(s),
+        };
         ops::attention_block_forward(&qp, &kp, &vp, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
     })?;
     // Temporaries go as soon as they are used (at 4096 tokens each is 32-90 MB), and without
@@ -415,7 +437,11 @@ pub fn layer_backward(
     // Attention half: x_mid = x + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x)
     let dattn = proj_back(Target::OProj, &w.self_attn.o_proj, &dx_mid, Some(&a.ctx), None)?;
     let (dq, dk, dv) = timed(p, "attention bwd", || {
-        let mask = ops::AttnMask { kstart: &ctx.batch.kstart, bias: &|| ctx.batch.bias().cloned() };
+        let mask = ops::AttnMask {
+            kstart: &ctx.batch.kstart,
+            bias: &|| ctx.batch.bias().cloned(),
+            segments: &|s| ctx.batch.segment_tensors(s),
+        };
         ops::attention_block_backward(&dattn, &a.attn, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
     })?;
     drop(dattn);
