@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use loratune::encode::EncodedExample;
 use loratune::kernels::cuda as ck;
+use loratune::kernels::{cudnn, AttentionChoice};
 use loratune::lora::{LoraSpec, LoraWeights, Target};
 use loratune::model::init::{init_tensor, preset, random_model_as};
 use loratune::model::ModelConfig;
@@ -128,7 +129,6 @@ fn flash_attention_matches_reference() {
 /// token, so outputs are compared on real rows and dout is zero on padding rows.
 #[test]
 fn cudnn_attention_matches_reference() {
-    use loratune::kernels::{cudnn, AttentionChoice};
     let seed = test_seed("cudnn_attention_matches_reference");
     let dev = gpu(seed);
     cudnn::set_choice(AttentionChoice::Cudnn, std::env::var("LORATUNE_CUDNN_LIB").ok());
@@ -282,7 +282,8 @@ fn adamw_kernel_matches_cpu_update() {
 }
 
 /// A whole training step on a SmolLM2-shaped model (4 layers): the bf16 CUDA path (flash
-/// attention, fused kernels, bf16 LoRA compute) against the f32 CUDA path (candle ops).
+/// or cuDNN attention, fused kernels, bf16 LoRA compute; checkpoints kept, recomputed on
+/// the GPU or offloaded to host memory) against the f32 CUDA path (candle ops).
 #[test]
 fn bf16_step_matches_f32_step() {
     let seed = test_seed("bf16_step_matches_f32_step");
@@ -314,11 +315,12 @@ fn bf16_step_matches_f32_step() {
     lora.set_tensors(ts.into_iter());
     let batch = packed_batch(200, 90, 70, cfg.vocab_size, seed, &dev);
 
-    let run = |m: &loratune::model::Llama, checkpointing: bool| {
+    let run = |m: &loratune::model::Llama, checkpointing: bool, offload: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let opts = StepOptions {
             gradient_checkpointing: checkpointing,
             checkpoint_layers: None,
+            offload_checkpoints: offload,
             dropout: 0.0,
             profiler: None,
         };
@@ -334,20 +336,50 @@ fn bf16_step_matches_f32_step() {
         .unwrap();
         (st.nll_sum / batch.num_targets as f64, grads.tensors())
     };
-    let (l32, g32) = run(&m32, false);
-    for checkpointing in [false, true] {
-        let (l16, g16) = run(&m16, checkpointing);
-        let r = (l16 - l32).abs() / l32.abs();
-        println!("step loss bf16 {l16:.6} vs f32 {l32:.6}: rel {r:.2e} (checkpointing {checkpointing})");
-        assert!(r < 1e-2, "bf16 loss {l16} vs f32 {l32}");
-        let (num, den) = g16.iter().zip(&g32).fold((0f64, 0f64), |(n, d), (a, b)| {
-            let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
-            (n + diff, d + b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
-        });
-        let gr = (num / den).sqrt();
-        println!("step LoRA gradients, all tensors: rel err {gr:.2e}");
-        assert!(gr < 5e-2, "bf16 gradients differ from f32 by {gr:.3e}");
+    let (l32, g32) = run(&m32, false, false);
+    let bits = |g: &[Tensor]| -> Vec<Vec<u16>> {
+        g.iter()
+            .map(|t| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_vec1::<half::bf16>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect()
+    };
+    for engine in [AttentionChoice::Flash, AttentionChoice::Cudnn] {
+        cudnn::set_choice(engine, std::env::var("LORATUNE_CUDNN_LIB").ok());
+        let mut in_place = None;
+        for (checkpointing, offload) in [(false, false), (true, false), (true, true)] {
+            let (l16, g16) = run(&m16, checkpointing, offload);
+            let r = (l16 - l32).abs() / l32.abs();
+            let how = format!("{engine:?}, checkpointing {checkpointing}, offload {offload}");
+            println!("step loss bf16 {l16:.6} vs f32 {l32:.6}: rel {r:.2e} ({how})");
+            assert!(r < 1e-2, "bf16 loss {l16} vs f32 {l32} ({how})");
+            let (num, den) = g16.iter().zip(&g32).fold((0f64, 0f64), |(n, d), (a, b)| {
+                let diff = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+                (n + diff, d + b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+            });
+            let gr = (num / den).sqrt();
+            println!("step LoRA gradients, all tensors: rel err {gr:.2e} ({how})");
+            assert!(gr < 5e-2, "bf16 gradients differ from f32 by {gr:.3e} ({how})");
+            // Offloading moves the checkpoints, not the math: with the deterministic flash
+            // kernels the gradients are the same bits as with the inputs kept on the GPU.
+            match (engine, checkpointing, offload) {
+                (AttentionChoice::Flash, true, false) => in_place = Some(bits(&g16)),
+                (AttentionChoice::Flash, true, true) => {
+                    assert!(Some(bits(&g16)) == in_place, "offloaded checkpoints changed the gradients")
+                }
+                _ => {}
+            }
+        }
     }
+    cudnn::set_choice(AttentionChoice::Auto, std::env::var("LORATUNE_CUDNN_LIB").ok());
 }
 
 /// The bf16 dequantize kernels against candle's CPU decoders (rounded to bf16), for every
@@ -405,8 +437,13 @@ fn quantized_step_matches_dense_step_on_the_same_weights() {
         .unwrap();
         let run = |m: &loratune::model::Llama| {
             let mut grads = LoraGrads::zeros(&lora).unwrap();
-            let opts =
-                StepOptions { gradient_checkpointing: true, checkpoint_layers: None, dropout: 0.0, profiler: None };
+            let opts = StepOptions {
+                gradient_checkpointing: true,
+                checkpoint_layers: None,
+                offload_checkpoints: true,
+                dropout: 0.0,
+                profiler: None,
+            };
             let st = forward_backward(
                 m,
                 &lora,

@@ -61,6 +61,8 @@ pub struct BenchOptions {
     pub gradient_checkpointing: bool,
     /// With checkpointing, how many leading layers are recomputed (None: all).
     pub checkpoint_layers: Option<usize>,
+    /// With checkpointing on CUDA, the inputs wait in pinned host memory.
+    pub offload_checkpoints: bool,
     /// Time every operation of the timed steps (synchronizing around each: slower steps).
     pub profile: bool,
     /// QLoRA: the projections in quantized blocks (a preset is quantized after it is drawn).
@@ -100,6 +102,7 @@ impl Default for BenchOptions {
             dtype: None,
             gradient_checkpointing: false,
             checkpoint_layers: None,
+            offload_checkpoints: true,
             profile: false,
             quantize: None,
             environment: EnvKnobs::default(),
@@ -137,6 +140,8 @@ pub struct BenchResult {
     pub steps: usize,
     pub gradient_checkpointing: bool,
     pub checkpoint_layers: Option<usize>,
+    /// Checkpointed inputs waited in host memory (CUDA, with checkpointing).
+    pub offload_checkpoints: bool,
     /// QLoRA block format of the projections, if quantized.
     pub quantize: Option<String>,
     /// Bytes the projection weights take (blocks when quantized).
@@ -381,6 +386,7 @@ pub fn run(
     let step_opts = StepOptions {
         gradient_checkpointing: opts.gradient_checkpointing,
         checkpoint_layers: opts.checkpoint_layers,
+        offload_checkpoints: opts.offload_checkpoints,
         dropout: 0.0,
         profiler: None,
     };
@@ -482,6 +488,7 @@ pub fn run(
         steps: opts.steps,
         gradient_checkpointing: opts.gradient_checkpointing,
         checkpoint_layers: opts.checkpoint_layers,
+        offload_checkpoints: opts.offload_checkpoints && opts.gradient_checkpointing && opts.device.is_cuda(),
         quantize: opts.quantize.map(|q| format!("{q:?}")),
         projection_bytes: model
             .weights

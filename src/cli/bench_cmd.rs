@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Checkpoint only the first N layers (implies --gradient-checkpointing).
     #[arg(long)]
     pub checkpoint_layers: Option<usize>,
+    /// With checkpointing on CUDA, keep the checkpointed inputs on the GPU instead of in
+    /// pinned host memory (the default offloads them, as `train.offload_checkpoints`).
+    #[arg(long)]
+    pub no_offload_checkpoints: bool,
     /// Also time every operation of the timed steps and print where a step's time goes
     /// (synchronizes the device around each one, so the steps themselves run slower).
     #[arg(long)]
@@ -212,6 +216,7 @@ pub fn run(a: BenchArgs, env: &EnvKnobs) -> Result<()> {
         dtype: a.dtype.map(FloatDtype::dtype),
         gradient_checkpointing: a.gradient_checkpointing || a.checkpoint_layers.is_some(),
         checkpoint_layers: a.checkpoint_layers,
+        offload_checkpoints: !a.no_offload_checkpoints,
         profile: a.profile,
         quantize: a.quantize,
         environment: env.clone(),

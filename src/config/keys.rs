@@ -100,6 +100,7 @@ pub(crate) const KEYS: &[KeySpec] = &[
     key("train", "seed", UInt),
     key("train", "gradient_checkpointing", Bool),
     key("train", "checkpoint_layers", UInt),
+    key("train", "offload_checkpoints", Bool),
     key("train", "log_every", UInt),
     key("eval", "every", UInt),
     key("eval", "batch_size", UInt),

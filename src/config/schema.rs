@@ -170,6 +170,9 @@ pub struct TrainSection {
     /// With checkpointing, recompute only the first this many layers (>= 1; `None`: all).
     #[serde(default)]
     pub checkpoint_layers: Option<usize>,
+    /// With checkpointing on CUDA, keep the checkpointed layer inputs in pinned host memory
+    /// instead of on the GPU, copied out and back while layers compute.
+    pub offload_checkpoints: bool,
     /// Log the training loss every this many optimizer steps (>= 1).
     pub log_every: usize,
 }
@@ -296,6 +299,7 @@ impl Default for TrainSection {
             seed: 42,
             gradient_checkpointing: false,
             checkpoint_layers: None,
+            offload_checkpoints: true,
             log_every: 1,
         }
     }

@@ -7,7 +7,9 @@
 //!   file, compiled to PTX by build.rs; without the feature, `cuda_stub.rs` gives the
 //!   same functions as errors so that callers' CUDA branches type-check;
 //! - `cudnn.rs` (feature `cuda`): cuDNN's fused attention through the C++ shim in
-//!   `cudnn/sdpa.cpp`, loaded at run time; `cudnn_stub.rs` without the feature.
+//!   `cudnn/sdpa.cpp`, loaded at run time; `cudnn_stub.rs` without the feature;
+//! - `offload.rs` (feature `cuda`): checkpointed layer inputs in pinned host memory,
+//!   copied on a side stream; `offload_stub.rs` without the feature.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -20,6 +22,11 @@ pub mod cudnn;
 #[cfg(not(feature = "cuda"))]
 #[path = "cudnn_stub.rs"]
 pub mod cudnn;
+#[cfg(feature = "cuda")]
+pub mod offload;
+#[cfg(not(feature = "cuda"))]
+#[path = "offload_stub.rs"]
+pub mod offload;
 
 use serde::{Deserialize, Serialize};
 

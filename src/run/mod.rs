@@ -413,6 +413,7 @@ impl Run {
         let step_opts = StepOptions {
             gradient_checkpointing: cfg.train.gradient_checkpointing,
             checkpoint_layers: cfg.train.checkpoint_layers,
+            offload_checkpoints: cfg.train.offload_checkpoints,
             dropout: cfg.lora.dropout,
             profiler: None,
         };

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use super::ops::{self, LoraGrad, LoraSaved};
 use crate::encode::EncodedExample;
 use crate::kernels::cudnn::SegmentTensors;
+use crate::kernels::offload::HostStash;
 use crate::kernels::{AttnShape, Segments};
 use crate::lora::{LayerLora, LoraWeights, Target};
 use crate::model::llama::LayerWeights;
@@ -471,11 +472,74 @@ pub struct StepOptions<'a> {
     /// the others keep their activations. Memory falls linearly with it, and so does the
     /// recompute's cost.
     pub checkpoint_layers: Option<usize>,
+    /// With checkpointing on CUDA, keep the inputs in pinned host memory instead of on the
+    /// GPU (copies overlap compute on a side stream); ignored elsewhere.
+    pub offload_checkpoints: bool,
     /// LoRA dropout probability (0 disables it).
     pub dropout: f64,
     /// Times each operation when set (`bench --profile`); recomputed layers count under
     /// the forward regions.
     pub profiler: Option<&'a Profiler>,
+}
+
+/// Where checkpointed layer inputs wait for backward.
+enum Checkpoints {
+    /// One (L, N, H) device buffer allocated up front: kept among the layers' transients one
+    /// by one, the inputs left the memory pool with blocks it could not reuse.
+    Device(Tensor),
+    /// Pinned host memory, copied out and back on a side stream (`train.offload_checkpoints`).
+    Host(HostStash),
+}
+
+impl Checkpoints {
+    /// Room for `layers` inputs shaped like `x` (N, H); on the host when `offload` and `x`
+    /// is on a CUDA device.
+    fn new(layers: usize, x: &Tensor, offload: bool) -> Result<Checkpoints> {
+        let (n, h) = x.dims2()?;
+        Ok(match offload && x.device().is_cuda() {
+            true => Checkpoints::Host(HostStash::new(x.device(), layers, &[n, h], x.dtype())?),
+            // SAFETY: slab l is written (slice_set) before anything reads it.
+            false => Checkpoints::Device(unsafe { Tensor::empty((layers, n, h), x.dtype(), x.device())? }),
+        })
+    }
+
+    /// Keeps layer l's input; returns the tensor the layer should read (a view of the slab,
+    /// or `x` itself while its copy to the host runs).
+    fn store(&mut self, l: usize, x: Tensor) -> Result<Tensor> {
+        match self {
+            Checkpoints::Device(slab) => {
+                slab.slice_set(&x.unsqueeze(0)?, 0, l)?;
+                slab.get(l)
+            }
+            Checkpoints::Host(stash) => {
+                stash.store(l, &x)?;
+                Ok(x)
+            }
+        }
+    }
+
+    /// Called once layer l's forward is enqueued: its input may be dropped after this.
+    fn fence(&self, l: usize) -> Result<()> {
+        match self {
+            Checkpoints::Device(_) => Ok(()),
+            Checkpoints::Host(stash) => stash.fence(l),
+        }
+    }
+
+    fn prefetch(&mut self, l: usize) -> Result<()> {
+        match self {
+            Checkpoints::Device(_) => Ok(()),
+            Checkpoints::Host(stash) => stash.prefetch(l),
+        }
+    }
+
+    /// Layer l's input, (N, H).
+    fn load(&mut self, l: usize) -> Result<Tensor> {
+        match self {
+            Checkpoints::Device(slab) => slab.get(l),
+            Checkpoints::Host(stash) => stash.take(l),
+        }
+    }
 }
 
 /// Result of one forward/backward over a micro-batch.
@@ -530,27 +594,25 @@ pub fn forward_backward(
 
     // Forward, keeping per layer either the activations or (checkpointing) the input.
     let mut x = timed(profiler, "embed", || embed(model, batch))?;
-    // With checkpointing every layer's input goes into one (L, N, H) buffer allocated up
-    // front: kept among the layers' transients one by one, they left the memory pool with
-    // blocks it could not reuse.
     let checkpointed = match opts.gradient_checkpointing {
         true => opts.checkpoint_layers.unwrap_or(n_layers).min(n_layers),
         false => 0,
     };
-    let inputs = match checkpointed {
+    let mut inputs = match checkpointed {
         0 => None,
-        // SAFETY: slab l is written (slice_set) before anything reads it.
-        k => Some(unsafe { Tensor::empty((k, x.dim(0)?, x.dim(1)?), x.dtype(), x.device())? }),
+        k => Some(Checkpoints::new(k, &x, opts.offload_checkpoints)?),
     };
     let mut saved = Vec::with_capacity(n_layers);
     for (l, w) in model.weights.layers.iter().enumerate() {
         let recompute = l < checkpointed;
-        if let Some(inputs) = inputs.as_ref().filter(|_| recompute) {
-            inputs.slice_set(&x.unsqueeze(0)?, 0, l)?;
-            x = inputs.get(l)?;
+        if let Some(inputs) = inputs.as_mut().filter(|_| recompute) {
+            x = timed(profiler, "checkpoint store", || inputs.store(l, x))?;
         }
         let mode = if recompute { LayerMode::Output } else { LayerMode::Train };
         let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode)?;
+        if let Some(inputs) = inputs.as_ref().filter(|_| recompute) {
+            inputs.fence(l)?; // before x, the layer's input, is dropped below
+        }
         saved.push(acts);
         x = out.expect("output when asked");
     }
@@ -573,10 +635,15 @@ pub fn forward_backward(
 
     for l in (0..n_layers).rev() {
         let w = &model.weights.layers[l];
-        let acts = match (saved[l].take(), &inputs) {
+        let acts = match (saved[l].take(), inputs.as_mut()) {
             (Some(a), _) => a,
             (None, Some(inputs)) => {
-                layer_forward(&ctx, w, &lora.layers[l], &inputs.get(l)?, seeds[l], LayerMode::Recompute)?
+                let x = timed(profiler, "checkpoint load", || inputs.load(l))?;
+                // The next layer down's input comes back while this layer computes.
+                if l > 0 {
+                    inputs.prefetch(l - 1)?;
+                }
+                layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], LayerMode::Recompute)?
                     .1
                     .expect("saved when asked")
             }

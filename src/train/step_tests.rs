@@ -63,7 +63,13 @@ fn analytic_checkpointing(
 ) -> (f64, Vec<Tensor>) {
     let mut grads = LoraGrads::zeros(lora).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let opts = StepOptions { gradient_checkpointing: checkpointing, checkpoint_layers, dropout: 0.0, profiler: None };
+    let opts = StepOptions {
+        gradient_checkpointing: checkpointing,
+        checkpoint_layers,
+        offload_checkpoints: true,
+        dropout: 0.0,
+        profiler: None,
+    };
     let stats =
         forward_backward(model, lora, batch, 1.0 / batch.num_targets as f64, opts, &mut rng, &mut grads).unwrap();
     (stats.nll_sum / batch.num_targets as f64, grads.tensors())
@@ -242,7 +248,13 @@ fn dropout_masks_are_reproduced_when_recomputing() {
     let run = |ckpt: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let opts = StepOptions { gradient_checkpointing: ckpt, checkpoint_layers: None, dropout: 0.3, profiler: None };
+        let opts = StepOptions {
+            gradient_checkpointing: ckpt,
+            checkpoint_layers: None,
+            offload_checkpoints: true,
+            dropout: 0.3,
+            profiler: None,
+        };
         let s = forward_backward(&model, &lora, &batch, 1.0, opts, &mut rng, &mut grads).unwrap();
         (s.nll_sum, grads.tensors().iter().map(flat).collect::<Vec<_>>())
     };
