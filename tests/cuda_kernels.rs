@@ -122,7 +122,7 @@ fn flash_attention_matches_reference() {
 }
 
 /// cuDNN's fused attention (forward, backward) against the same f32 reference, on odd
-/// lengths (T = 2, 200, 8191), GQA, both head dims, packing and padding. (At T = 1 cuDNN's
+/// lengths (T = 2, 200, 240, 8191), GQA, both head dims, packing and padding. (At T = 1 cuDNN's
 /// backward refuses the graph; `supported` says so and the step runs the flash kernels,
 /// which `bf16_step_matches_f32_step` and `flash_attention_matches_reference` cover.) A padding tail is
 /// one causal segment for cuDNN but self-only in the reference; neither reaches a real
@@ -138,22 +138,28 @@ fn cudnn_attention_matches_reference() {
     let single = TrainBatch::new(&[vec![&one]], 0, &dev).unwrap();
     let s1 = AttnShape { b: 1, t: 1, nh: 4, nkv: 4, d: 128 };
     assert!(!single.segment_tensors(s1).unwrap().supported(&s1), "one-token sequences go to the flash kernels");
-    for (t, row0, d, nh, nkv) in [
-        (2, vec![1], 128, 4, 4),
-        (200, vec![120, 57], 64, 6, 2),
-        (200, vec![120, 57], 128, 6, 2),
-        (8191, vec![3000, 4001, 1000], 128, 8, 2),
+    // Row 0's examples, then row 1's; T is the longer row. In the last case no example fills
+    // a row, so the graph's sequence bound (a power of two) exceeds every segment.
+    for (row0, row1, d, nh, nkv) in [
+        (vec![1], vec![2], 128, 4, 4),
+        (vec![120, 57], vec![200], 64, 6, 2),
+        (vec![120, 57], vec![200], 128, 6, 2),
+        (vec![3000, 4001, 1000], vec![8191], 128, 8, 2),
+        (vec![120, 57], vec![150, 90], 128, 6, 2),
     ] {
+        let (sum0, sum1) = (row0.iter().sum::<usize>(), row1.iter().sum::<usize>());
+        let t = sum0.max(sum1);
         let mut ex = |len: usize| EncodedExample {
             input_ids: (0..len).map(|_| rng.gen_range(0..100u32)).collect(),
             target_mask: vec![1; len],
             truncated: false,
         };
-        let (r0, full): (Vec<_>, _) = (row0.iter().map(|&l| ex(l)).collect(), ex(t));
-        let batch = TrainBatch::new(&[r0.iter().collect(), vec![&full]], 0, &dev).unwrap();
+        let r0: Vec<_> = row0.iter().map(|&l| ex(l)).collect();
+        let r1: Vec<_> = row1.iter().map(|&l| ex(l)).collect();
+        let batch = TrainBatch::new(&[r0.iter().collect(), r1.iter().collect()], 0, &dev).unwrap();
         let b = 2;
         let n = b * t;
-        let real: Vec<f32> = (0..n).map(|at| f32::from(at >= t || at < row0.iter().sum::<usize>())).collect();
+        let real: Vec<f32> = (0..n).map(|at| f32::from(at % t < if at < t { sum0 } else { sum1 })).collect();
         let real = Tensor::from_vec(real, (n, 1), &dev).unwrap();
         let s = AttnShape { b, t, nh, nkv, d };
         let (q, k, v) =

@@ -110,6 +110,8 @@ pub fn enabled(dev: &Device) -> Result<bool> {
 #[derive(Debug)]
 pub struct SegmentTensors {
     count: usize,
+    /// The longest segment, and the bound the graph is built for (see `graph_max_len`).
+    longest: usize,
     max_len: usize,
     tokens: usize,
     seq_len: Tensor,
@@ -132,7 +134,8 @@ impl SegmentTensors {
         let n = seg.count();
         Ok(SegmentTensors {
             count: n,
-            max_len: seg.max_len(),
+            longest: seg.max_len(),
+            max_len: graph_max_len(seg.max_len(), s.t),
             tokens,
             seq_len: Tensor::from_vec(lens, n, dev)?,
             off_q: Tensor::from_vec(scaled(s.nh * s.d), n + 1, dev)?,
@@ -142,12 +145,20 @@ impl SegmentTensors {
     }
 }
 
+/// The longest-sequence bound a graph is built for: the next power of two from 64, at most
+/// the row length. cuDNN masks by each segment's own length, so a looser bound is exact;
+/// with packing the longest example changes every batch, and each new bound would cost a
+/// graph build (milliseconds or more) where a rounded one finds the cached graph.
+fn graph_max_len(longest: usize, t: usize) -> usize {
+    longest.max(64).next_power_of_two().min(t).max(longest)
+}
+
 impl SegmentTensors {
     /// Whether cuDNN runs attention of shape `s` over these segments: its backward refuses
     /// sequences of one token (s_q = s_kv = 1), its offsets are i32, and head dims are
     /// multiples of 8 up to 256. Where not, the step runs the flash kernels.
     pub fn supported(&self, s: &AttnShape) -> bool {
-        self.max_len >= 2
+        self.longest >= 2
             && self.tokens * s.nh.max(s.nkv) * s.d < 1 << 31
             && s.d % 8 == 0
             && s.d <= 256

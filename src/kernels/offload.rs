@@ -43,14 +43,18 @@ impl Drop for Pinned {
     }
 }
 
-/// Pinning gigabytes takes seconds, so one buffer (the largest asked for yet) and one side
-/// stream are kept for the process and lent to each step's stash in turn.
+/// Pinning gigabytes takes seconds, so buffers given back by a step's stashes are kept for
+/// the next step's (a step has a few: inputs, attention outputs, log-sum-exps), and one side
+/// stream serves them all.
 struct Resources {
-    host: Option<Pinned>,
+    free: Vec<Pinned>,
     side: Option<Arc<CudaStream>>,
 }
 
-static RESOURCES: Mutex<Resources> = Mutex::new(Resources { host: None, side: None });
+/// At most this many buffers wait in `Resources::free`; beyond it the smallest is freed.
+const KEPT_BUFFERS: usize = 4;
+
+static RESOURCES: Mutex<Resources> = Mutex::new(Resources { free: Vec::new(), side: None });
 
 /// One step's checkpointed inputs: `slots` tensors of `slot_shape` and `dtype`, in host memory.
 pub struct HostStash {
@@ -74,10 +78,11 @@ impl HostStash {
         let slot_bytes = slot_shape.iter().product::<usize>() * dtype.size_in_bytes();
         let bytes = slot_bytes * slots;
         let mut res = RESOURCES.lock().expect("offload resources lock");
-        let host = match res.host.take() {
-            Some(h) if h.bytes >= bytes => h,
-            old => {
-                drop(old);
+        // The smallest kept buffer that fits, else a new one.
+        let fit = (0..res.free.len()).filter(|&i| res.free[i].bytes >= bytes).min_by_key(|&i| res.free[i].bytes);
+        let host = match fit {
+            Some(i) => res.free.swap_remove(i),
+            None => {
                 let mut p: *mut c_void = std::ptr::null_mut();
                 main.context().bind_to_thread().w()?;
                 // SAFETY: writes the new allocation's address into `p`.
@@ -85,9 +90,13 @@ impl HostStash {
                 Pinned { ptr: p, bytes: bytes.max(1) }
             }
         };
-        let side = match res.side.take() {
-            Some(s) => s,
-            None => main.context().new_stream().w()?,
+        let side = match &res.side {
+            Some(s) => s.clone(),
+            None => {
+                let s = main.context().new_stream().w()?;
+                res.side = Some(s.clone());
+                s
+            }
         };
         drop(res);
         Ok(HostStash {
@@ -175,13 +184,14 @@ impl HostStash {
 impl Drop for HostStash {
     fn drop(&mut self) {
         // Copies still in flight (a step that failed midway) must end before the buffer is
-        // lent again; then the buffer and stream go back for the next step.
+        // lent again; then the buffer goes back for the next step.
         let _ = self.side.synchronize();
         let host = std::mem::replace(&mut self.host, Pinned { ptr: std::ptr::null_mut(), bytes: 0 });
         let mut res = RESOURCES.lock().expect("offload resources lock");
-        if res.host.as_ref().is_none_or(|h| h.bytes < host.bytes) {
-            res.host = Some(host);
+        res.free.push(host);
+        if res.free.len() > KEPT_BUFFERS {
+            res.free.sort_by_key(|p| std::cmp::Reverse(p.bytes));
+            res.free.truncate(KEPT_BUFFERS);
         }
-        res.side = Some(self.side.clone());
     }
 }

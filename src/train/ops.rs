@@ -197,13 +197,35 @@ impl AttnSaved {
     }
 }
 
+/// The attention core's result on the fused paths: output o (N, NH*D), log-normaliser lse
+/// and which engine made it. Checkpointing keeps it with a layer's input (offloaded) so that
+/// the recompute in backward need not run attention forward again.
+#[derive(Debug, Clone)]
+pub struct AttnCore {
+    pub o: Tensor,
+    pub lse: Tensor,
+    pub cudnn: bool,
+}
+
+impl AttnSaved {
+    /// The core result, on the fused paths.
+    pub fn core(&self) -> Option<AttnCore> {
+        match self {
+            AttnSaved::Flash { o, lse, cudnn, .. } => Some(AttnCore { o: o.clone(), lse: lse.clone(), cudnn: *cudnn }),
+            AttnSaved::Probs { .. } => None,
+        }
+    }
+}
+
 /// Whether attention on `x`'s device and dtype runs the flash kernels.
 pub fn uses_flash(x: &Tensor, head_dim: usize) -> bool {
     cuda_bf16(x) && cuda::flash_supported(head_dim)
 }
 
 /// qp: (N, NH*D), kp/vp: (N, NKV*D) projections; cos/sin: (B, 1, T, D)
-/// -> (ctx (N, NH*D), saved).
+/// -> (ctx (N, NH*D), saved). With `known` (a recompute on the fused paths) the attention
+/// core is not run again: q, k and v are rebuilt for backward and `known` is the result.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_block_forward(
     qp: &Tensor,
     kp: &Tensor,
@@ -212,6 +234,7 @@ pub fn attention_block_forward(
     sin: &Tensor,
     mask: &AttnMask,
     s: AttnShape,
+    known: Option<AttnCore>,
 ) -> Result<(Tensor, AttnSaved)> {
     let n = s.b * s.t;
     if uses_flash(qp, s.d) {
@@ -219,6 +242,9 @@ pub fn attention_block_forward(
         let q = cuda::rope(&qp.contiguous()?, &cos, &sin, s.d, false)?;
         let k = cuda::rope(&kp.contiguous()?, &cos, &sin, s.d, false)?;
         let v = vp.contiguous()?;
+        if let Some(AttnCore { o, lse, cudnn }) = known {
+            return Ok((o.clone(), AttnSaved::Flash { q, k, v, o, lse, cudnn }));
+        }
         let cudnn_segments = match cudnn::enabled(qp.device())? {
             true => Some((mask.segments)(s)?).filter(|seg| seg.supported(&s)),
             false => None,

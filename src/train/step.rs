@@ -285,8 +285,11 @@ fn dropout_masks(
 /// What a layer forward is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerMode {
-    /// The output only (evaluation, or checkpointing's first pass).
+    /// The output only (evaluation).
     Output,
+    /// The output and the attention core's result (checkpointing's first pass, which keeps
+    /// that result with the layer's input when they are offloaded).
+    Checkpoint,
     /// The output and the activations backward needs.
     Train,
     /// The activations only (checkpointing's recomputation in backward): the MLP's down
@@ -294,8 +297,18 @@ pub enum LayerMode {
     Recompute,
 }
 
-/// One decoder layer forward. x: (N, H) -> (out (N, H) unless `Recompute`, activations
-/// unless `Output`).
+/// What one decoder layer forward gives back.
+pub struct LayerOut {
+    /// (N, H), unless `Recompute`.
+    pub out: Option<Tensor>,
+    /// Unless `Output` or `Checkpoint`.
+    pub acts: Option<LayerActs>,
+    /// With `Checkpoint`, on the fused attention paths.
+    pub core: Option<ops::AttnCore>,
+}
+
+/// One decoder layer forward. x: (N, H) -> see [`LayerOut`]. `known`: with `Recompute`,
+/// the attention core's result kept from the first pass (it is then not run again).
 pub fn layer_forward(
     ctx: &StepContext,
     w: &LayerWeights,
@@ -303,8 +316,9 @@ pub fn layer_forward(
     x: &Tensor,
     dropout_seed: u64,
     mode: LayerMode,
-) -> Result<(Option<Tensor>, Option<LayerActs>)> {
-    let save = mode != LayerMode::Output;
+    known: Option<ops::AttnCore>,
+) -> Result<LayerOut> {
+    let save = matches!(mode, LayerMode::Train | LayerMode::Recompute);
     let cfg = ctx.cfg;
     let (b, t) = ctx.shape;
     let masks = dropout_masks(lora, cfg, b * t, ctx.dropout, dropout_seed, x.device())?;
@@ -330,8 +344,12 @@ pub fn layer_forward(
             bias: &|| ctx.batch.bias().cloned(),
             segments: &|s| ctx.batch.segment_tensors(s),
         };
-        ops::attention_block_forward(&qp, &kp, &vp, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
+        ops::attention_block_forward(&qp, &kp, &vp, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape(), known)
     })?;
+    let core = match mode {
+        LayerMode::Checkpoint => attn_saved.core(),
+        _ => None,
+    };
     // Temporaries go as soon as they are used (at 4096 tokens each is 32-90 MB), and without
     // `save` so do the tensors that only backward would read. Norm outputs are kept only off
     // CUDA: there backward recomputes them in one fused pass.
@@ -356,7 +374,7 @@ pub fn layer_forward(
     let gate_up = save.then_some((gate, up));
     let down = act.map(|act| proj(Target::DownProj, &w.mlp.down_proj, &act)).transpose()?;
     let out = match (down, mode) {
-        (Some(down), LayerMode::Output | LayerMode::Train) => {
+        (Some(down), LayerMode::Output | LayerMode::Checkpoint | LayerMode::Train) => {
             Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?)
         }
         _ => None,
@@ -378,7 +396,7 @@ pub fn layer_forward(
         }),
         _ => None,
     };
-    Ok((out, acts))
+    Ok(LayerOut { out, acts, core })
 }
 
 /// One decoder layer backward. dout: (N, H) -> (dx (N, H), adapter gradients).
@@ -487,8 +505,19 @@ enum Checkpoints {
     /// One (L, N, H) device buffer allocated up front: kept among the layers' transients one
     /// by one, the inputs left the memory pool with blocks it could not reuse.
     Device(Tensor),
-    /// Pinned host memory, copied out and back on a side stream (`train.offload_checkpoints`).
-    Host(HostStash),
+    /// Pinned host memory, copied out and back on a side stream (`train.offload_checkpoints`),
+    /// with each layer's attention core result beside its input.
+    Host(HostCheckpoints),
+}
+
+/// The offloaded inputs, and per layer the attention output o and lse (stashes made at the
+/// first layer that has them; lse is kept flat as its layout differs by engine).
+struct HostCheckpoints {
+    x: HostStash,
+    o: Option<HostStash>,
+    lse: Option<HostStash>,
+    /// Per layer: lse's shape and the engine, where the core was kept.
+    core: Vec<Option<(Vec<usize>, bool)>>,
 }
 
 impl Checkpoints {
@@ -497,10 +526,24 @@ impl Checkpoints {
     fn new(layers: usize, x: &Tensor, offload: bool) -> Result<Checkpoints> {
         let (n, h) = x.dims2()?;
         Ok(match offload && x.device().is_cuda() {
-            true => Checkpoints::Host(HostStash::new(x.device(), layers, &[n, h], x.dtype())?),
+            true => Checkpoints::Host(HostCheckpoints {
+                x: HostStash::new(x.device(), layers, &[n, h], x.dtype())?,
+                o: None,
+                lse: None,
+                core: vec![None; layers],
+            }),
             // SAFETY: slab l is written (slice_set) before anything reads it.
             false => Checkpoints::Device(unsafe { Tensor::empty((layers, n, h), x.dtype(), x.device())? }),
         })
+    }
+
+    /// The forward pass mode of a checkpointed layer: only offloaded checkpoints keep the
+    /// attention core (on the GPU it would cost as much memory as the inputs themselves).
+    fn mode(&self) -> LayerMode {
+        match self {
+            Checkpoints::Device(_) => LayerMode::Output,
+            Checkpoints::Host(_) => LayerMode::Checkpoint,
+        }
     }
 
     /// Keeps layer l's input; returns the tensor the layer should read (a view of the slab,
@@ -511,33 +554,71 @@ impl Checkpoints {
                 slab.slice_set(&x.unsqueeze(0)?, 0, l)?;
                 slab.get(l)
             }
-            Checkpoints::Host(stash) => {
-                stash.store(l, &x)?;
+            Checkpoints::Host(h) => {
+                h.x.store(l, &x)?;
                 Ok(x)
             }
         }
     }
 
-    /// Called once layer l's forward is enqueued: its input may be dropped after this.
-    fn fence(&self, l: usize) -> Result<()> {
+    /// Keeps layer l's attention core result (offloaded checkpoints only).
+    fn store_core(&mut self, l: usize, core: &ops::AttnCore) -> Result<()> {
+        let Checkpoints::Host(h) = self else { return Ok(()) };
+        let layers = h.core.len();
+        let (o, lse) = (&core.o, core.lse.flatten_all()?);
+        if h.o.is_none() {
+            h.o = Some(HostStash::new(o.device(), layers, o.dims(), o.dtype())?);
+            h.lse = Some(HostStash::new(lse.device(), layers, lse.dims(), lse.dtype())?);
+        }
+        h.o.as_mut().expect("made above").store(l, o)?;
+        h.lse.as_mut().expect("made above").store(l, &lse)?;
+        h.core[l] = Some((core.lse.dims().to_vec(), core.cudnn));
+        Ok(())
+    }
+
+    /// Once layer l's forward is enqueued: its input may be dropped after this.
+    fn fence_input(&self, l: usize) -> Result<()> {
         match self {
             Checkpoints::Device(_) => Ok(()),
-            Checkpoints::Host(stash) => stash.fence(l),
+            Checkpoints::Host(h) => h.x.fence(l),
+        }
+    }
+
+    /// Once the next layer's forward is enqueued: layer l's core may be dropped after this.
+    fn fence_core(&self, l: usize) -> Result<()> {
+        match self {
+            Checkpoints::Host(HostCheckpoints { o: Some(o), lse: Some(lse), .. }) => {
+                o.fence(l)?;
+                lse.fence(l)
+            }
+            _ => Ok(()),
         }
     }
 
     fn prefetch(&mut self, l: usize) -> Result<()> {
-        match self {
-            Checkpoints::Device(_) => Ok(()),
-            Checkpoints::Host(stash) => stash.prefetch(l),
+        let Checkpoints::Host(h) = self else { return Ok(()) };
+        h.x.prefetch(l)?;
+        if let (Some(_), Some(o), Some(lse)) = (&h.core[l], h.o.as_mut(), h.lse.as_mut()) {
+            o.prefetch(l)?;
+            lse.prefetch(l)?;
         }
+        Ok(())
     }
 
-    /// Layer l's input, (N, H).
-    fn load(&mut self, l: usize) -> Result<Tensor> {
+    /// Layer l's input (N, H), and its attention core result where it was kept.
+    fn load(&mut self, l: usize) -> Result<(Tensor, Option<ops::AttnCore>)> {
         match self {
-            Checkpoints::Device(slab) => slab.get(l),
-            Checkpoints::Host(stash) => stash.take(l),
+            Checkpoints::Device(slab) => Ok((slab.get(l)?, None)),
+            Checkpoints::Host(h) => {
+                let x = h.x.take(l)?;
+                let core = match (h.core[l].take(), h.o.as_mut(), h.lse.as_mut()) {
+                    (Some((dims, cudnn)), Some(o), Some(lse)) => {
+                        Some(ops::AttnCore { o: o.take(l)?, lse: lse.take(l)?.reshape(dims)?, cudnn })
+                    }
+                    _ => None,
+                };
+                Ok((x, core))
+            }
         }
     }
 }
@@ -603,18 +684,34 @@ pub fn forward_backward(
         k => Some(Checkpoints::new(k, &x, opts.offload_checkpoints)?),
     };
     let mut saved = Vec::with_capacity(n_layers);
+    // A kept attention core stays alive until the next layer is enqueued, so its copy to
+    // the host overlaps that layer instead of stalling the stream.
+    let mut copying: Option<(usize, ops::AttnCore)> = None;
     for (l, w) in model.weights.layers.iter().enumerate() {
         let recompute = l < checkpointed;
+        let mut mode = LayerMode::Train;
         if let Some(inputs) = inputs.as_mut().filter(|_| recompute) {
             x = timed(profiler, "checkpoint store", || inputs.store(l, x))?;
+            mode = inputs.mode();
         }
-        let mode = if recompute { LayerMode::Output } else { LayerMode::Train };
-        let (out, acts) = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode)?;
-        if let Some(inputs) = inputs.as_ref().filter(|_| recompute) {
-            inputs.fence(l)?; // before x, the layer's input, is dropped below
+        let LayerOut { out, acts, core } = layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], mode, None)?;
+        if let Some(inputs) = inputs.as_mut() {
+            if recompute {
+                inputs.fence_input(l)?; // before x, the layer's input, is dropped below
+            }
+            if let Some((k, _)) = copying.take() {
+                inputs.fence_core(k)?;
+            }
+            if let Some(core) = core {
+                timed(profiler, "checkpoint store", || inputs.store_core(l, &core))?;
+                copying = Some((l, core));
+            }
         }
         saved.push(acts);
         x = out.expect("output when asked");
+    }
+    if let (Some(inputs), Some((k, _))) = (inputs.as_ref(), copying.take()) {
+        inputs.fence_core(k)?;
     }
 
     // Loss over target rows only: final norm and LM head never see the other rows.
@@ -638,13 +735,13 @@ pub fn forward_backward(
         let acts = match (saved[l].take(), inputs.as_mut()) {
             (Some(a), _) => a,
             (None, Some(inputs)) => {
-                let x = timed(profiler, "checkpoint load", || inputs.load(l))?;
+                let (x, core) = timed(profiler, "checkpoint load", || inputs.load(l))?;
                 // The next layer down's input comes back while this layer computes.
                 if l > 0 {
                     inputs.prefetch(l - 1)?;
                 }
-                layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], LayerMode::Recompute)?
-                    .1
+                layer_forward(&ctx, w, &lora.layers[l], &x, seeds[l], LayerMode::Recompute, core)?
+                    .acts
                     .expect("saved when asked")
             }
             (None, None) => unreachable!("a layer keeps its activations or its input"),
@@ -664,7 +761,7 @@ pub fn forward_nll(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Res
     let ctx = step_context(model, lora, batch, 0.0, None)?;
     let mut x = embed(model, batch)?;
     for (l, w) in model.weights.layers.iter().enumerate() {
-        x = layer_forward(&ctx, w, &lora.layers[l], &x, 0, LayerMode::Output)?.0.expect("output when asked");
+        x = layer_forward(&ctx, w, &lora.layers[l], &x, 0, LayerMode::Output, None)?.out.expect("output when asked");
     }
     let rows = x.index_select(&batch.predictor_rows, 0)?;
     let (hn, _) = ops::rms_norm_forward(&rows, &model.weights.norm, model.config.rms_norm_eps)?;
