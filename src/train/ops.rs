@@ -195,6 +195,14 @@ impl AttnSaved {
             AttnSaved::Flash { q, k, v, o: _, lse, .. } => vec![q, k, v, lse], // o is the saved ctx
         }
     }
+
+    /// The core result, on the fused paths.
+    pub fn core(&self) -> Option<AttnCore> {
+        match self {
+            AttnSaved::Flash { o, lse, cudnn, .. } => Some(AttnCore { o: o.clone(), lse: lse.clone(), cudnn: *cudnn }),
+            AttnSaved::Probs { .. } => None,
+        }
+    }
 }
 
 /// The attention core's result on the fused paths: output o (N, NH*D), log-normaliser lse
@@ -205,16 +213,6 @@ pub struct AttnCore {
     pub o: Tensor,
     pub lse: Tensor,
     pub cudnn: bool,
-}
-
-impl AttnSaved {
-    /// The core result, on the fused paths.
-    pub fn core(&self) -> Option<AttnCore> {
-        match self {
-            AttnSaved::Flash { o, lse, cudnn, .. } => Some(AttnCore { o: o.clone(), lse: lse.clone(), cudnn: *cudnn }),
-            AttnSaved::Probs { .. } => None,
-        }
-    }
 }
 
 /// Whether attention on `x`'s device and dtype runs the flash kernels.
