@@ -86,7 +86,13 @@ impl HostStash {
                 let mut p: *mut c_void = std::ptr::null_mut();
                 main.context().bind_to_thread().w()?;
                 // SAFETY: writes the new allocation's address into `p`.
-                unsafe { sys::cuMemHostAlloc(&mut p, bytes.max(1), 0).result().w()? };
+                unsafe { sys::cuMemHostAlloc(&mut p, bytes.max(1), 0).result() }.map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "pinning {:.2} GiB of host memory for offloaded checkpoints failed ({e:?}); \
+                         set train.offload_checkpoints = false to keep them on the GPU",
+                        bytes as f64 / (1u64 << 30) as f64
+                    ))
+                })?;
                 Pinned { ptr: p, bytes: bytes.max(1) }
             }
         };
