@@ -73,7 +73,7 @@ pub fn set_choice(choice: AttentionChoice, lib: Option<String>) {
 /// so the handle lives on that GPU). `Auto` falls back to the flash kernels with one note
 /// on stderr; `Cudnn` makes a load failure an error.
 pub fn enabled(dev: &Device) -> Result<bool> {
-    let (choice, lib) = CHOICE.lock().expect("attention choice lock").clone();
+    let choice = CHOICE.lock().expect("attention choice lock").0;
     if choice == AttentionChoice::Flash {
         return Ok(false);
     }
@@ -81,6 +81,7 @@ pub fn enabled(dev: &Device) -> Result<bool> {
         let load = || -> std::result::Result<i64, String> {
             let Device::Cuda(cuda) = dev else { return Err("not a CUDA device".into()) };
             cuda.cuda_stream().context().bind_to_thread().map_err(|e| format!("binding the CUDA context: {e:?}"))?;
+            let lib = CHOICE.lock().expect("attention choice lock").1.clone();
             let lib = lib.as_deref().map(CString::new).transpose().map_err(|_| "library path holds a NUL")?;
             // SAFETY: a C string or null; the shim copies nothing past the call.
             let rc = unsafe { lt_cudnn_load(lib.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())) };
@@ -143,17 +144,7 @@ impl SegmentTensors {
             off_stats: Tensor::from_vec(scaled(s.nh), n + 1, dev)?,
         })
     }
-}
 
-/// The longest-sequence bound a graph is built for: the next power of two from 64, at most
-/// the row length. cuDNN masks by each segment's own length, so a looser bound is exact;
-/// with packing the longest example changes every batch, and each new bound would cost a
-/// graph build (milliseconds or more) where a rounded one finds the cached graph.
-fn graph_max_len(longest: usize, t: usize) -> usize {
-    longest.max(64).next_power_of_two().min(t).max(longest)
-}
-
-impl SegmentTensors {
     /// Whether cuDNN runs attention of shape `s` over these segments: its backward refuses
     /// sequences of one token (s_q = s_kv = 1), its offsets are i32, and head dims are
     /// multiples of 8 up to 256. Where not, the step runs the flash kernels.
@@ -165,6 +156,14 @@ impl SegmentTensors {
             && s.nkv > 0
             && s.nh % s.nkv == 0
     }
+}
+
+/// The longest-sequence bound a graph is built for: the next power of two from 64, at most
+/// the row length. cuDNN masks by each segment's own length, so a looser bound is exact;
+/// with packing the longest example changes every batch, and each new bound would cost a
+/// graph build (milliseconds or more) where a rounded one finds the cached graph.
+fn graph_max_len(longest: usize, t: usize) -> usize {
+    longest.max(64).next_power_of_two().min(t).max(longest)
 }
 
 fn shape(seg: &SegmentTensors, s: &AttnShape) -> LtSdpaShape {
@@ -179,12 +178,10 @@ fn shape(seg: &SegmentTensors, s: &AttnShape) -> LtSdpaShape {
     }
 }
 
-fn check(s: &AttnShape) -> Result<()> {
-    if s.nkv == 0 || s.nh % s.nkv != 0 {
-        bail!("query heads {} are not a multiple of kv heads {}", s.nh, s.nkv);
-    }
-    if s.d % 8 != 0 || s.d > 256 {
-        bail!("cuDNN attention needs a head dim that is a multiple of 8 and at most 256, got {}", s.d);
+/// The error for a shape [`SegmentTensors::supported`] refuses (callers check it first).
+fn check(seg: &SegmentTensors, s: &AttnShape) -> Result<()> {
+    if !seg.supported(s) {
+        bail!("cuDNN attention does not run {s:?} over {} segments of at most {} tokens", seg.count, seg.longest);
     }
     Ok(())
 }
@@ -247,7 +244,7 @@ pub fn sdpa_forward(
     seg: &SegmentTensors,
     s: AttnShape,
 ) -> Result<(Tensor, Tensor)> {
-    check(&s)?;
+    check(seg, &s)?;
     let dev = cuda_device(q)?;
     let n = s.b * s.t;
     let o = empty(&dev, &[n, s.nh * s.d], DType::BF16)?;
@@ -276,7 +273,7 @@ pub fn sdpa_backward(
     seg: &SegmentTensors,
     s: AttnShape,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    check(&s)?;
+    check(seg, &s)?;
     let dev = cuda_device(q)?;
     let n = s.b * s.t;
     let dq = empty(&dev, &[n, s.nh * s.d], DType::BF16)?;

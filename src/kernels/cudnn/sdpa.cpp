@@ -111,15 +111,35 @@ std::shared_ptr<fe::Graph> new_graph() {
     return g;
 }
 
+using TensorPtr = std::shared_ptr<fe::Tensor_attributes>;
+
+// What both graphs start from: the graph, the four ragged offset tensors and q, k, v.
+struct RaggedInputs {
+    std::shared_ptr<fe::Graph> g;
+    TensorPtr off_q, off_kv, off_o, off_stats, q, k, v;
+};
+
+RaggedInputs ragged_inputs(const LtSdpaShape &s) {
+    RaggedInputs r;
+    r.g = new_graph();
+    r.off_q = index_tensor(*r.g, "off_q", OFF_Q, s.segments + 1);
+    r.off_kv = index_tensor(*r.g, "off_kv", OFF_KV, s.segments + 1);
+    r.off_o = index_tensor(*r.g, "off_o", OFF_O, s.segments + 1);
+    r.off_stats = index_tensor(*r.g, "off_stats", OFF_STATS, s.segments + 1);
+    r.q = r.g->tensor(rows("q", Q, s, s.nh).set_ragged_offset(r.off_q));
+    r.k = r.g->tensor(rows("k", K, s, s.nkv).set_ragged_offset(r.off_kv));
+    r.v = r.g->tensor(rows("v", V, s, s.nkv).set_ragged_offset(r.off_kv));
+    return r;
+}
+
+// Makes an operation's result a graph output laid out as `layout`, ragged by `off`.
+void mark_output(const TensorPtr &t, Uid uid, const fe::Tensor_attributes &layout, const TensorPtr &off) {
+    t->set_output(true).set_uid(uid).set_dim(layout.get_dim()).set_stride(layout.get_stride()).set_ragged_offset(off);
+}
+
 std::shared_ptr<fe::Graph> forward_graph(const LtSdpaShape &s) {
-    auto g = new_graph();
-    auto off_q = index_tensor(*g, "off_q", OFF_Q, s.segments + 1);
-    auto off_kv = index_tensor(*g, "off_kv", OFF_KV, s.segments + 1);
-    auto off_o = index_tensor(*g, "off_o", OFF_O, s.segments + 1);
-    auto off_stats = index_tensor(*g, "off_stats", OFF_STATS, s.segments + 1);
-    auto q = g->tensor(rows("q", Q, s, s.nh).set_ragged_offset(off_q));
-    auto k = g->tensor(rows("k", K, s, s.nkv).set_ragged_offset(off_kv));
-    auto v = g->tensor(rows("v", V, s, s.nkv).set_ragged_offset(off_kv));
+    auto r = ragged_inputs(s);
+    auto &g = r.g;
     auto opts = fe::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(true)
@@ -130,35 +150,19 @@ std::shared_ptr<fe::Graph> forward_graph(const LtSdpaShape &s) {
                     .set_seq_len_kv(index_tensor(*g, "seq_kv", SEQ_KV, s.segments))
                     .set_max_total_seq_len_q(s.tokens)
                     .set_max_total_seq_len_kv(s.tokens);
-    auto [o, stats] = g->sdpa(q, k, v, opts);
-    auto o_attrs = rows("o", O, s, s.nh);
-    o->set_output(true)
-        .set_uid(O)
-        .set_dim(o_attrs.get_dim())
-        .set_stride(o_attrs.get_stride())
-        .set_ragged_offset(off_o);
-    auto st = stats_rows(s);
-    stats->set_output(true)
-        .set_uid(STATS)
-        .set_dim(st.get_dim())
-        .set_stride(st.get_stride())
-        .set_data_type(cudnn_frontend::DataType_t::FLOAT)
-        .set_ragged_offset(off_stats);
+    auto [o, stats] = g->sdpa(r.q, r.k, r.v, opts);
+    mark_output(o, O, rows("o", O, s, s.nh), r.off_o);
+    mark_output(stats, STATS, stats_rows(s), r.off_stats);
+    stats->set_data_type(cudnn_frontend::DataType_t::FLOAT);
     return g;
 }
 
 std::shared_ptr<fe::Graph> backward_graph(const LtSdpaShape &s) {
-    auto g = new_graph();
-    auto off_q = index_tensor(*g, "off_q", OFF_Q, s.segments + 1);
-    auto off_kv = index_tensor(*g, "off_kv", OFF_KV, s.segments + 1);
-    auto off_o = index_tensor(*g, "off_o", OFF_O, s.segments + 1);
-    auto off_stats = index_tensor(*g, "off_stats", OFF_STATS, s.segments + 1);
-    auto q = g->tensor(rows("q", Q, s, s.nh).set_ragged_offset(off_q));
-    auto k = g->tensor(rows("k", K, s, s.nkv).set_ragged_offset(off_kv));
-    auto v = g->tensor(rows("v", V, s, s.nkv).set_ragged_offset(off_kv));
-    auto o = g->tensor(rows("o", O, s, s.nh).set_ragged_offset(off_o));
-    auto d_o = g->tensor(rows("d_o", DO, s, s.nh).set_ragged_offset(off_o));
-    auto stats = g->tensor(stats_rows(s).set_ragged_offset(off_stats));
+    auto r = ragged_inputs(s);
+    auto &g = r.g;
+    auto o = g->tensor(rows("o", O, s, s.nh).set_ragged_offset(r.off_o));
+    auto d_o = g->tensor(rows("d_o", DO, s, s.nh).set_ragged_offset(r.off_o));
+    auto stats = g->tensor(stats_rows(s).set_ragged_offset(r.off_stats));
     auto opts = fe::SDPA_backward_attributes()
                     .set_name("sdpa_backward")
                     .set_causal_mask(true)
@@ -168,15 +172,10 @@ std::shared_ptr<fe::Graph> backward_graph(const LtSdpaShape &s) {
                     .set_seq_len_kv(index_tensor(*g, "seq_kv", SEQ_KV, s.segments))
                     .set_max_total_seq_len_q(s.tokens)
                     .set_max_total_seq_len_kv(s.tokens);
-    auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, d_o, stats, opts);
-    auto set_out = [&](std::shared_ptr<fe::Tensor_attributes> &t, const char *name, Uid uid, int64_t heads,
-                       std::shared_ptr<fe::Tensor_attributes> &off) {
-        auto a = rows(name, uid, s, heads);
-        t->set_output(true).set_uid(uid).set_dim(a.get_dim()).set_stride(a.get_stride()).set_ragged_offset(off);
-    };
-    set_out(dq, "dq", DQ, s.nh, off_q);
-    set_out(dk, "dk", DK, s.nkv, off_kv);
-    set_out(dv, "dv", DV, s.nkv, off_kv);
+    auto [dq, dk, dv] = g->sdpa_backward(r.q, r.k, r.v, o, d_o, stats, opts);
+    mark_output(dq, DQ, rows("dq", DQ, s, s.nh), r.off_q);
+    mark_output(dk, DK, rows("dk", DK, s, s.nkv), r.off_kv);
+    mark_output(dv, DV, rows("dv", DV, s, s.nkv), r.off_kv);
     return g;
 }
 
