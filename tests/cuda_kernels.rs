@@ -324,6 +324,7 @@ fn bf16_step_matches_f32_step() {
     let run = |m: &loratune::model::Llama, checkpointing: bool, offload: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let opts = StepOptions {
+            mlp_chunk_rows: None,
             gradient_checkpointing: checkpointing,
             checkpoint_layers: None,
             offload_checkpoints: offload,
@@ -444,6 +445,7 @@ fn quantized_step_matches_dense_step_on_the_same_weights() {
         let run = |m: &loratune::model::Llama| {
             let mut grads = LoraGrads::zeros(&lora).unwrap();
             let opts = StepOptions {
+                mlp_chunk_rows: None,
                 gradient_checkpointing: true,
                 checkpoint_layers: None,
                 offload_checkpoints: true,

@@ -52,6 +52,7 @@ fn smollm2_lora_gradients_match_peft() {
     let mut grads = LoraGrads::zeros(&lora).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let step_opts = StepOptions {
+        mlp_chunk_rows: None,
         gradient_checkpointing: false,
         checkpoint_layers: None,
         offload_checkpoints: false,

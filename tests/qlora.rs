@@ -52,6 +52,7 @@ fn step(m: &Llama, ids: &[Vec<u32>]) -> (f64, Vec<Tensor>) {
     let mut grads = LoraGrads::zeros(&lora).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let opts = StepOptions {
+        mlp_chunk_rows: None,
         gradient_checkpointing: true,
         checkpoint_layers: None,
         offload_checkpoints: true,

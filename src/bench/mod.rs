@@ -384,6 +384,7 @@ pub fn run(
     let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let mut opt = AdamW::new(adam, &lora.tensors())?;
     let step_opts = StepOptions {
+        mlp_chunk_rows: None,
         gradient_checkpointing: opts.gradient_checkpointing,
         checkpoint_layers: opts.checkpoint_layers,
         offload_checkpoints: opts.offload_checkpoints,

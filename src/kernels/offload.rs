@@ -56,6 +56,20 @@ const KEPT_BUFFERS: usize = 4;
 
 static RESOURCES: Mutex<Resources> = Mutex::new(Resources { free: Vec::new(), side: None });
 
+/// Host memory that offloaded checkpoints may pin now, in bytes: what the kernel reports
+/// available (MemAvailable) plus the pinned buffers the pool keeps for reuse, less a margin
+/// for the rest of the process and the system (a tenth of the total, at least 4 GiB). None
+/// where /proc/meminfo cannot be read.
+pub fn host_bytes_available() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        info.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<usize>().ok())
+    };
+    let (avail, total) = (field("MemAvailable:")? << 10, field("MemTotal:")? << 10);
+    let pooled: usize = RESOURCES.lock().expect("offload resources lock").free.iter().map(|p| p.bytes).sum();
+    Some((avail + pooled).saturating_sub((total / 10).max(4 << 30)))
+}
+
 /// One step's checkpointed inputs: `slots` tensors of `slot_shape` and `dtype`, in host memory.
 pub struct HostStash {
     host: Pinned,

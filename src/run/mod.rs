@@ -411,6 +411,7 @@ impl Run {
         let micro_batches = loader.next_step();
         let step_targets: usize = micro_batches.iter().flatten().flatten().map(|&i| train[i].num_targets()).sum();
         let step_opts = StepOptions {
+            mlp_chunk_rows: None,
             gradient_checkpointing: cfg.train.gradient_checkpointing,
             checkpoint_layers: cfg.train.checkpoint_layers,
             offload_checkpoints: cfg.train.offload_checkpoints,

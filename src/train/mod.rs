@@ -10,6 +10,7 @@
 //! The job around the step (data, checkpoints, eval, the run folder) is [`crate::run`];
 //! the fused kernels the ops call are [`crate::kernels`].
 
+mod mlp;
 pub mod ops;
 pub mod optimizer;
 pub mod schedule;

@@ -357,21 +357,32 @@ pub fn lora_linear_forward(
         y = y.broadcast_add(b)?;
     }
     let Some(p) = lora else { return Ok((y, None)) };
+    let saved = lora_saved(x, p, dropout_mask)?;
     if cuda_bf16(x) && dropout_mask.is_none() {
-        // bf16 compute on f32 master weights (as PEFT under autocast); the scaling is folded
-        // into the bf16 copy of B, so u is saved unscaled as on the f32 path.
-        let a = p.a.to_dtype(DType::BF16)?;
+        // The scaling is folded into the bf16 copy of B, so u is saved unscaled as on the
+        // f32 path.
         let b_scaled = (&p.b * scaling)?.to_dtype(DType::BF16)?;
-        let u = x.matmul(&a.t()?)?; // (N, r)
-        cuda::matmul_accumulate(&y, &u, &b_scaled, true)?; // y += u (sB)^T
-        return Ok((y, Some(LoraSaved { u, dropped_input: None })));
+        cuda::matmul_accumulate(&y, &saved.u, &b_scaled, true)?; // y += u (sB)^T
+        return Ok((y, Some(saved)));
+    }
+    let delta = (saved.u.matmul(&p.b.t()?)? * scaling)?; // (N, out)
+    let y = (y + delta.to_dtype(x.dtype())?)?;
+    Ok((y, Some(saved)))
+}
+
+/// An adapter's half of the forward that backward reads: x: (N, in) -> u = x' A^T (N, r)
+/// and x' = dropout(x) where it differs from x. Alone (without the base projection) where
+/// only backward needs it: the recompute of an adapted down projection.
+pub fn lora_saved(x: &Tensor, p: &LoraPair, dropout_mask: Option<&Tensor>) -> Result<LoraSaved> {
+    if cuda_bf16(x) && dropout_mask.is_none() {
+        // bf16 compute on f32 master weights, as PEFT under autocast.
+        let a = p.a.to_dtype(DType::BF16)?;
+        return Ok(LoraSaved { u: x.matmul(&a.t()?)?, dropped_input: None });
     }
     let xf = x.to_dtype(DType::F32)?;
     let dropped = dropout_mask.map(|m| &xf * m).transpose()?;
     let u = dropped.as_ref().unwrap_or(&xf).matmul(&p.a.t()?)?; // (N, r)
-    let delta = (u.matmul(&p.b.t()?)? * scaling)?; // (N, out)
-    let y = (y + delta.to_dtype(x.dtype())?)?;
-    Ok((y, Some(LoraSaved { u, dropped_input: dropped })))
+    Ok(LoraSaved { u, dropped_input: dropped })
 }
 
 /// Gradients of one adapter: dA (r, in), dB (out, r), f32.

@@ -17,10 +17,11 @@ use candle_core::{Device, Result, Tensor};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::mlp::{self, GateUp};
 use super::ops::{self, LoraGrad, LoraSaved};
 use crate::encode::EncodedExample;
 use crate::kernels::cudnn::SegmentTensors;
-use crate::kernels::offload::HostStash;
+use crate::kernels::offload::{self, HostStash};
 use crate::kernels::{AttnShape, Segments};
 use crate::lora::{LayerLora, LoraWeights, Target};
 use crate::model::llama::LayerWeights;
@@ -161,9 +162,9 @@ pub struct LayerActs {
     /// CUDA, as above).
     pub rstd_mlp: Tensor,
     pub h_mlp: Option<Tensor>,
-    /// (N, I) gate pre-activation and up projection; silu(gate)*up is recomputed.
-    pub gate: Tensor,
-    pub up: Tensor,
+    /// The MLP's gate and up when forward kept them; with checkpointing, backward
+    /// recomputes them by row chunks instead (`mlp.rs`).
+    pub mlp: Option<GateUp>,
     /// Per target (Target::index): u = x A^T and the dropped-out input, and dropout masks.
     pub lora: [Option<LoraSaved>; 7],
     pub masks: [Option<Tensor>; 7],
@@ -179,6 +180,8 @@ pub struct StepContext<'a> {
     pub shape: (usize, usize),
     pub scaling: f64,
     pub dropout: f64,
+    /// Rows per chunk of the MLP where it runs by chunks (`mlp.rs`).
+    pub mlp_chunk_rows: usize,
     /// Times each operation when set (`bench --profile`).
     pub profiler: Option<&'a Profiler>,
 }
@@ -196,6 +199,50 @@ const LINEAR_FWD: [&str; 7] =
     ["q_proj fwd", "k_proj fwd", "v_proj fwd", "o_proj fwd", "gate_proj fwd", "up_proj fwd", "down_proj fwd"];
 const LINEAR_BWD: [&str; 7] =
     ["q_proj bwd", "k_proj bwd", "v_proj bwd", "o_proj bwd", "gate_proj bwd", "up_proj bwd", "down_proj bwd"];
+
+/// One projection forward with its adapter, timed under the projection's name: input (N, in)
+/// -> (N, out); the adapter's saved input goes into `saved`.
+pub(super) fn project(
+    ctx: &StepContext,
+    lora: &LayerLora,
+    target: Target,
+    w: &crate::model::llama::Linear,
+    input: &Tensor,
+    masks: &[Option<Tensor>; 7],
+    saved: &mut [Option<LoraSaved>; 7],
+) -> Result<Tensor> {
+    let i = target.index();
+    let (y, s) = timed(ctx.profiler, LINEAR_FWD[i], || {
+        ops::lora_linear_forward(input, w, lora.get(target), ctx.scaling, masks[i].as_ref())
+    })?;
+    saved[i] = s;
+    Ok(y)
+}
+
+/// One projection backward with its adapter, timed under the projection's name: dy (N, out)
+/// -> dx (N, in), added into `acc` (the input gradient so far of projections sharing this
+/// input) when given; the adapter's gradients go into `grads`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn project_back(
+    ctx: &StepContext,
+    lora: &LayerLora,
+    target: Target,
+    w: &crate::model::llama::Linear,
+    dy: &Tensor,
+    input: Option<&Tensor>,
+    saved: &[Option<LoraSaved>; 7],
+    masks: &[Option<Tensor>; 7],
+    acc: Option<Tensor>,
+    grads: &mut [Option<LoraGrad>; 7],
+) -> Result<Tensor> {
+    let i = target.index();
+    let pair = lora.get(target).zip(saved[i].as_ref());
+    let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || {
+        ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, masks[i].as_ref(), acc)
+    })?;
+    grads[i] = g;
+    Ok(dx)
+}
 
 /// Per-layer adapter gradients, indexed like `LayerLora::pairs`.
 #[derive(Debug, Clone, Default)]
@@ -292,8 +339,8 @@ pub enum LayerMode {
     Checkpoint,
     /// The output and the activations backward needs.
     Train,
-    /// The activations only (checkpointing's recomputation in backward): the MLP's down
-    /// projection, whose output backward never reads, runs only when it has an adapter.
+    /// The activations only (checkpointing's recomputation in backward), up to the MLP's
+    /// input: the MLP backward recomputes its own by row chunks (`mlp.rs`).
     Recompute,
 }
 
@@ -324,12 +371,7 @@ pub fn layer_forward(
     let masks = dropout_masks(lora, cfg, b * t, ctx.dropout, dropout_seed, x.device())?;
     let mut saved: [Option<LoraSaved>; 7] = Default::default();
     let mut proj = |target: Target, w: &crate::model::llama::Linear, input: &Tensor| -> Result<Tensor> {
-        let i = target.index();
-        let (y, s) = timed(ctx.profiler, LINEAR_FWD[i], || {
-            ops::lora_linear_forward(input, w, lora.get(target), ctx.scaling, masks[i].as_ref())
-        })?;
-        saved[i] = s;
-        Ok(y)
+        project(ctx, lora, target, w, input, &masks, &mut saved)
     };
 
     let p = ctx.profiler;
@@ -363,24 +405,10 @@ pub fn layer_forward(
         ops::add_rms_norm_forward(x, &o, &w.post_attention_layernorm, cfg.rms_norm_eps)
     })?;
     drop(o);
-    let gate = proj(Target::GateProj, &w.mlp.gate_proj, &h_mlp)?;
-    let up = proj(Target::UpProj, &w.mlp.up_proj, &h_mlp)?;
-    let h_mlp = keep_norm_outputs.then_some(h_mlp);
-    // The recompute runs the down projection only for its adapter's saved input.
-    let act = match mode != LayerMode::Recompute || lora.get(Target::DownProj).is_some() {
-        true => Some(timed(p, "swiglu fwd", || ops::swiglu_forward(&gate, &up))?),
-        false => None,
-    };
-    let gate_up = save.then_some((gate, up));
-    let down = act.map(|act| proj(Target::DownProj, &w.mlp.down_proj, &act)).transpose()?;
-    let out = match (down, mode) {
-        (Some(down), LayerMode::Output | LayerMode::Checkpoint | LayerMode::Train) => {
-            Some(timed(p, "residual add", || ops::residual_add(&x_mid, &down))?)
-        }
-        _ => None,
-    };
-    let acts = match (attn_saved, attn, gate_up) {
-        (Some(attn_saved), Some(attn), Some((gate, up))) => Some(LayerActs {
+    let kept_h_mlp = keep_norm_outputs.then(|| h_mlp.clone());
+    let (out, gate_up) = mlp::forward(ctx, w, lora, &x_mid, h_mlp, &masks, &mut saved, mode)?;
+    let acts = match (attn_saved, attn) {
+        (Some(attn_saved), Some(attn)) => Some(LayerActs {
             x: x.clone(),
             rstd_attn,
             h_attn,
@@ -388,9 +416,8 @@ pub fn layer_forward(
             ctx: attn,
             x_mid,
             rstd_mlp,
-            h_mlp,
-            gate,
-            up,
+            h_mlp: kept_h_mlp,
+            mlp: gate_up,
             lora: saved,
             masks,
         }),
@@ -409,6 +436,13 @@ pub fn layer_backward(
     dout: &Tensor,
 ) -> Result<(Tensor, [Option<LoraGrad>; 7])> {
     let mut grads: [Option<LoraGrad>; 7] = Default::default();
+    let p = ctx.profiler;
+    // MLP half: out = x_mid + down(swiglu(gate(h), up(h))), h = norm(x_mid)
+    let dh_mlp = mlp::backward(ctx, w, lora, dout, &a.x_mid, a.h_mlp.as_ref(), a.mlp, &a.lora, &a.masks, &mut grads)?;
+    let dx_mid = timed(p, "rms_norm bwd", || {
+        ops::rms_norm_backward_add(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp, dout)
+    })?;
+    drop(dh_mlp);
     // `acc`: the input gradient so far of projections sharing this input (summed into).
     let mut proj_back = |target: Target,
                          w: &crate::model::llama::Linear,
@@ -416,42 +450,8 @@ pub fn layer_backward(
                          input: Option<&Tensor>,
                          acc: Option<Tensor>|
      -> Result<Tensor> {
-        let i = target.index();
-        let pair = lora.get(target).zip(a.lora[i].as_ref());
-        let (dx, g) = timed(ctx.profiler, LINEAR_BWD[i], || {
-            ops::lora_linear_backward(dy, input, w, pair, ctx.scaling, a.masks[i].as_ref(), acc)
-        })?;
-        grads[i] = g;
-        Ok(dx)
+        project_back(ctx, lora, target, w, dy, input, &a.lora, &a.masks, acc, &mut grads)
     };
-
-    let p = ctx.profiler;
-    // MLP half: out = x_mid + down(swiglu(gate(h), up(h))), h = norm(x_mid)
-    // Inputs of the projections are recomputed only where an adapter needs them for dA.
-    let adapted = |t: Target| lora.get(t).is_some();
-    let act = match adapted(Target::DownProj) {
-        true => Some(timed(p, "swiglu fwd (recompute)", || ops::swiglu_forward(&a.gate, &a.up))?),
-        false => None,
-    };
-    let dact = proj_back(Target::DownProj, &w.mlp.down_proj, dout, act.as_ref(), None)?;
-    drop(act);
-    let (dgate, dup) = timed(p, "swiglu bwd", || ops::swiglu_backward(dact, &a.gate, a.up))?;
-    drop(a.gate);
-    let eps = ctx.cfg.rms_norm_eps;
-    let h_mlp = match (&a.h_mlp, adapted(Target::GateProj) || adapted(Target::UpProj)) {
-        (Some(h), _) => Some(h.clone()),
-        (None, true) => Some(
-            timed(p, "rms_norm fwd (recompute)", || ops::rms_norm_forward(&a.x_mid, &w.post_attention_layernorm, eps))?
-                .0,
-        ),
-        (None, false) => None,
-    };
-    let dh_mlp = proj_back(Target::GateProj, &w.mlp.gate_proj, &dgate, h_mlp.as_ref(), None)?;
-    let dh_mlp = proj_back(Target::UpProj, &w.mlp.up_proj, &dup, h_mlp.as_ref(), Some(dh_mlp))?;
-    drop((dgate, dup, h_mlp));
-    let dx_mid = timed(p, "rms_norm bwd", || {
-        ops::rms_norm_backward_add(&dh_mlp, &a.x_mid, &w.post_attention_layernorm, &a.rstd_mlp, dout)
-    })?;
 
     // Attention half: x_mid = x + o(attn(rope(q(h)), rope(k(h)), v(h))), h = norm(x)
     let dattn = proj_back(Target::OProj, &w.self_attn.o_proj, &dx_mid, Some(&a.ctx), None)?;
@@ -464,6 +464,8 @@ pub fn layer_backward(
         ops::attention_block_backward(&dattn, &a.attn, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
     })?;
     drop(dattn);
+    let adapted = |t: Target| lora.get(t).is_some();
+    let eps = ctx.cfg.rms_norm_eps;
     let h_attn = match (&a.h_attn, adapted(Target::QProj) || adapted(Target::KProj) || adapted(Target::VProj)) {
         (Some(h), _) => Some(h.clone()),
         (None, true) => {
@@ -495,6 +497,8 @@ pub struct StepOptions<'a> {
     pub offload_checkpoints: bool,
     /// LoRA dropout probability (0 disables it).
     pub dropout: f64,
+    /// Rows per chunk where the MLP runs by chunks (None: `mlp::MLP_CHUNK_ROWS`).
+    pub mlp_chunk_rows: Option<usize>,
     /// Times each operation when set (`bench --profile`); recomputed layers count under
     /// the forward regions.
     pub profiler: Option<&'a Profiler>,
@@ -510,10 +514,59 @@ enum Checkpoints {
     Host(HostCheckpoints),
 }
 
+/// Where checkpoints go, by the host memory they would pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Inputs and attention cores on the host.
+    HostWithCore,
+    /// Inputs only on the host (the cores would not fit): the recompute runs attention again.
+    Host,
+    /// On the GPU (not even the inputs fit on the host).
+    Device,
+}
+
+impl Placement {
+    /// `x_bytes` the inputs need, `core_bytes` the attention cores, `available` the host bytes
+    /// that may be pinned (None: unknown, taken as enough).
+    fn choose(x_bytes: usize, core_bytes: usize, available: Option<usize>) -> Placement {
+        let fits = |b: usize| available.is_none_or(|a| b <= a);
+        match () {
+            _ if fits(x_bytes + core_bytes) => Placement::HostWithCore,
+            _ if fits(x_bytes) => Placement::Host,
+            _ => Placement::Device,
+        }
+    }
+}
+
+/// Says once per process why checkpoints did not all go to host memory.
+fn note_placement(p: Placement, x_bytes: usize, core_bytes: usize, available: usize) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    SAID.call_once(|| match p {
+        Placement::HostWithCore => {}
+        Placement::Host => eprintln!(
+            "checkpoints: {:.1} GiB of host memory may be pinned, too little for the layer inputs \
+             and attention outputs ({:.1} + {:.1} GiB): keeping the inputs only, so the recompute \
+             runs attention forward again",
+            gib(available),
+            gib(x_bytes),
+            gib(core_bytes)
+        ),
+        Placement::Device => eprintln!(
+            "checkpoints: {:.1} GiB of host memory may be pinned, too little for the layer inputs \
+             ({:.1} GiB): keeping them on the GPU",
+            gib(available),
+            gib(x_bytes)
+        ),
+    });
+}
+
 /// The offloaded inputs, and per layer the attention output o and lse (stashes made at the
 /// first layer that has them; lse is kept flat as its layout differs by engine).
 struct HostCheckpoints {
     x: HostStash,
+    /// Whether attention cores are kept (host memory allowing).
+    keep_core: bool,
     o: Option<HostStash>,
     lse: Option<HostStash>,
     /// Per layer: lse's shape and the engine, where the core was kept.
@@ -521,19 +574,32 @@ struct HostCheckpoints {
 }
 
 impl Checkpoints {
-    /// Room for `layers` inputs shaped like `x` (N, H); on the host when `offload` and `x`
-    /// is on a CUDA device.
-    fn new(layers: usize, x: &Tensor, offload: bool) -> Result<Checkpoints> {
+    /// Room for `layers` inputs shaped like `x` (N, H); on the host when `offload`, `x` is on
+    /// a CUDA device and host memory allows, with each layer's attention output and
+    /// log-sum-exp (attention shape `s`) where it allows that too.
+    fn new(layers: usize, x: &Tensor, offload: bool, s: ops::AttnShape) -> Result<Checkpoints> {
         let (n, h) = x.dims2()?;
-        Ok(match offload && x.device().is_cuda() {
-            true => Checkpoints::Host(HostCheckpoints {
+        let mut placement = Placement::Device;
+        if offload && x.device().is_cuda() {
+            let x_bytes = layers * n * h * x.dtype().size_in_bytes();
+            // o (N, NH*D) in x's dtype, lse (N, NH) f32.
+            let core_bytes = layers * n * s.nh * (s.d * x.dtype().size_in_bytes() + 4);
+            let available = offload::host_bytes_available();
+            placement = Placement::choose(x_bytes, core_bytes, available);
+            if let Some(a) = available {
+                note_placement(placement, x_bytes, core_bytes, a);
+            }
+        }
+        Ok(match placement {
+            Placement::HostWithCore | Placement::Host => Checkpoints::Host(HostCheckpoints {
                 x: HostStash::new(x.device(), layers, &[n, h], x.dtype())?,
+                keep_core: placement == Placement::HostWithCore,
                 o: None,
                 lse: None,
                 core: vec![None; layers],
             }),
             // SAFETY: slab l is written (slice_set) before anything reads it.
-            false => Checkpoints::Device(unsafe { Tensor::empty((layers, n, h), x.dtype(), x.device())? }),
+            Placement::Device => Checkpoints::Device(unsafe { Tensor::empty((layers, n, h), x.dtype(), x.device())? }),
         })
     }
 
@@ -541,8 +607,8 @@ impl Checkpoints {
     /// attention core (on the GPU it would cost as much memory as the inputs themselves).
     fn mode(&self) -> LayerMode {
         match self {
-            Checkpoints::Device(_) => LayerMode::Output,
-            Checkpoints::Host(_) => LayerMode::Checkpoint,
+            Checkpoints::Host(HostCheckpoints { keep_core: true, .. }) => LayerMode::Checkpoint,
+            _ => LayerMode::Output,
         }
     }
 
@@ -637,6 +703,7 @@ fn step_context<'a>(
     lora: &LoraWeights,
     batch: &'a TrainBatch,
     dropout: f64,
+    mlp_chunk_rows: Option<usize>,
     profiler: Option<&'a Profiler>,
 ) -> Result<StepContext<'a>> {
     let (cos, sin) = model.rope.cos_sin(&batch.positions, model.dtype())?;
@@ -648,6 +715,7 @@ fn step_context<'a>(
         shape: batch.shape,
         scaling: lora.scaling,
         dropout,
+        mlp_chunk_rows: mlp_chunk_rows.unwrap_or(mlp::MLP_CHUNK_ROWS),
         profiler,
     })
 }
@@ -669,7 +737,7 @@ pub fn forward_backward(
     grads: &mut LoraGrads,
 ) -> Result<StepStats> {
     let profiler = opts.profiler;
-    let ctx = step_context(model, lora, batch, opts.dropout, profiler)?;
+    let ctx = step_context(model, lora, batch, opts.dropout, opts.mlp_chunk_rows, profiler)?;
     let n_layers = model.weights.layers.len();
     let seeds: Vec<u64> = (0..n_layers).map(|_| rng.next_u64()).collect();
 
@@ -681,7 +749,7 @@ pub fn forward_backward(
     };
     let mut inputs = match checkpointed {
         0 => None,
-        k => Some(Checkpoints::new(k, &x, opts.offload_checkpoints)?),
+        k => Some(Checkpoints::new(k, &x, opts.offload_checkpoints, ctx.attn_shape())?),
     };
     let mut saved = Vec::with_capacity(n_layers);
     // A kept attention core stays alive until the next layer is enqueued, so its copy to
@@ -758,7 +826,7 @@ pub fn forward_nll(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Res
     if batch.num_targets == 0 {
         return Ok(0.0);
     }
-    let ctx = step_context(model, lora, batch, 0.0, None)?;
+    let ctx = step_context(model, lora, batch, 0.0, None, None)?;
     let mut x = embed(model, batch)?;
     for (l, w) in model.weights.layers.iter().enumerate() {
         x = layer_forward(&ctx, w, &lora.layers[l], &x, 0, LayerMode::Output, None)?.out.expect("output when asked");
@@ -770,7 +838,8 @@ pub fn forward_nll(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Res
 
 /// Bytes held by one layer's saved activations (for reports and memory checks).
 pub fn layer_acts_bytes(a: &LayerActs) -> usize {
-    let mut ts = vec![&a.x, &a.rstd_attn, &a.ctx, &a.x_mid, &a.rstd_mlp, &a.gate, &a.up];
+    let mut ts = vec![&a.x, &a.rstd_attn, &a.ctx, &a.x_mid, &a.rstd_mlp];
+    ts.extend(a.mlp.iter().flat_map(|m| [&m.gate, &m.up]));
     ts.extend(a.h_attn.iter().chain(&a.h_mlp));
     ts.extend(a.attn.tensors());
     for s in a.lora.iter().flatten() {
@@ -781,4 +850,19 @@ pub fn layer_acts_bytes(a: &LayerActs) -> usize {
     }
     ts.extend(a.masks.iter().flatten());
     ts.iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::Placement;
+
+    #[test]
+    fn checkpoints_go_where_host_memory_allows() {
+        const G: usize = 1 << 30;
+        assert_eq!(Placement::choose(8 * G, 8 * G, Some(100 * G)), Placement::HostWithCore);
+        assert_eq!(Placement::choose(8 * G, 8 * G, None), Placement::HostWithCore);
+        // 8B at 256k tokens on a 128 GiB host: the inputs fit, inputs and cores do not.
+        assert_eq!(Placement::choose(64 * G, 65 * G, Some(107 * G)), Placement::Host);
+        assert_eq!(Placement::choose(64 * G, 65 * G, Some(60 * G)), Placement::Device);
+    }
 }

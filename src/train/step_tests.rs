@@ -64,6 +64,7 @@ fn analytic_checkpointing(
     let mut grads = LoraGrads::zeros(lora).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let opts = StepOptions {
+        mlp_chunk_rows: None,
         gradient_checkpointing: checkpointing,
         checkpoint_layers,
         offload_checkpoints: true,
@@ -249,6 +250,7 @@ fn dropout_masks_are_reproduced_when_recomputing() {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let opts = StepOptions {
+            mlp_chunk_rows: None,
             gradient_checkpointing: ckpt,
             checkpoint_layers: None,
             offload_checkpoints: true,
@@ -264,6 +266,41 @@ fn dropout_masks_are_reproduced_when_recomputing() {
     assert_eq!(g1, g2);
     let (l0, _) = analytic(&model, &lora, &batch, false);
     assert!((l1 / batch.num_targets as f64 - l0).abs() > 1e-4, "dropout had no effect");
+}
+
+/// The MLP run by row chunks (checkpointing's first pass, and its backward recomputing gate
+/// and up chunk by chunk) gives the whole-rows step's loss and gradients, with adapters and
+/// dropout on all seven projections and chunks that split examples (33 rows by 5).
+#[test]
+fn mlp_by_row_chunks_equals_whole_rows() {
+    let (model, mut lora, batch) = setup("tiny", &ALL);
+    lora.spec.dropout = 0.2;
+    let run = |ckpt: bool, chunk: Option<usize>| {
+        let mut grads = LoraGrads::zeros(&lora).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let opts = StepOptions {
+            mlp_chunk_rows: chunk,
+            gradient_checkpointing: ckpt,
+            checkpoint_layers: None,
+            offload_checkpoints: true,
+            dropout: 0.2,
+            profiler: None,
+        };
+        let s = forward_backward(&model, &lora, &batch, 1.0, opts, &mut rng, &mut grads).unwrap();
+        (s.nll_sum, grads.tensors().iter().map(flat).collect::<Vec<_>>())
+    };
+    let (whole_loss, whole) = run(false, None);
+    let (ckpt_loss, ckpt) = run(true, None);
+    // One chunk holds all 33 rows: the same operations on the same rows.
+    assert_eq!(whole_loss, ckpt_loss);
+    assert_eq!(whole, ckpt);
+    let (chunked_loss, chunked) = run(true, Some(5));
+    assert!((chunked_loss - whole_loss).abs() <= 1e-6 * whole_loss.abs(), "{chunked_loss} vs {whole_loss}");
+    for (a, b) in whole.iter().zip(&chunked) {
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(scale > 0.0 && diff <= 1e-5 * scale, "max difference {diff} (scale {scale})");
+    }
 }
 
 /// The step's forward and the reference forward of `model::llama` (which `eval` uses
