@@ -51,6 +51,21 @@ fn cached_forward_matches_the_full_forward() {
     assert!(step_diff < 5e-4 && mixed_diff < 5e-4, "{step_diff} {mixed_diff}");
 }
 
+/// The same for Qwen3's shape (q/k norms on each head before RoPE, head_dim apart from
+/// hidden / heads): token by token through the cache equals the full forward.
+#[test]
+fn cached_forward_matches_the_full_forward_qwen3() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = load(&common::init_tiny(dir.path(), "tiny-qwen3", &[]));
+    let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 11) % 300).collect();
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let full = m.model.forward(&input, &input.ones_like().unwrap()).unwrap(); // (1, T, V)
+    let stepwise = all_logits(&m.model, None, &ids).unwrap();
+    let diff = max_abs_diff(&stepwise, &full);
+    eprintln!("tiny-qwen3, {} tokens: token-by-token max |dlogit| {diff:.2e}", ids.len());
+    assert!(diff < 5e-4, "{diff}");
+}
+
 /// Greedy decoding equals transformers' `generate(do_sample=False)` token for token: SmolLM2
 /// chats (stopping at <|im_end|>), and the tiny preset with and without PEFT's rsLoRA adapter.
 #[test]

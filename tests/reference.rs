@@ -112,7 +112,7 @@ fn smollm2_gguf_matches_transformers() {
 #[test]
 fn tiny_presets_match_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    for preset in ["tiny", "tiny-qwen2", "tiny-llama3"] {
+    for preset in ["tiny", "tiny-qwen2", "tiny-llama3", "tiny-qwen3"] {
         let fixture_name = format!("reference_{}.json", preset.replace('-', "_"));
         if !common::repo_root().join("tests/fixtures").join(&fixture_name).is_file() {
             panic!("fixture {fixture_name} missing: see scripts/reference/README.md");

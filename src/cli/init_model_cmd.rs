@@ -11,7 +11,8 @@ use crate::tokenizer::tiny;
 
 #[derive(Args, Debug)]
 pub struct InitModelArgs {
-    /// Shape to build: tiny, tiny-qwen2, tiny-llama3, llama2-7b, mistral-7b, qwen2.5-7b, llama3-8b.
+    /// Shape to build: tiny, tiny-qwen2, tiny-llama3, tiny-qwen3, llama2-7b, mistral-7b, qwen2.5-7b,
+    /// llama3-8b, qwen3-8b.
     #[arg(long)]
     pub preset: String,
     /// Output folder (Hugging Face layout).

@@ -133,10 +133,18 @@ fn attention(
     let t = h.dim(1)?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let r = nh / nkv;
-    let heads = |y: Tensor, n: usize| y.reshape((1, t, n, d))?.transpose(1, 2)?.contiguous();
-    let q = apply_rope(&heads(p.apply(&w.q_proj, Target::QProj, h)?, nh)?, cos, sin)?; // (1, NH, T, D)
-    let k = apply_rope(&heads(p.apply(&w.k_proj, Target::KProj, h)?, nkv)?, cos, sin)?; // (1, NKV, T, D)
-    let v = heads(p.apply(&w.v_proj, Target::VProj, h)?, nkv)?;
+    // Qwen3 normalises each head of q and k before RoPE.
+    let heads = |y: Tensor, n: usize, norm: &Option<Tensor>| {
+        let y = y.reshape((1, t, n, d))?;
+        let y = match norm {
+            Some(w) => rms_norm(&y, w, cfg.rms_norm_eps)?,
+            None => y,
+        };
+        y.transpose(1, 2)?.contiguous()
+    };
+    let q = apply_rope(&heads(p.apply(&w.q_proj, Target::QProj, h)?, nh, &w.q_norm)?, cos, sin)?; // (1, NH, T, D)
+    let k = apply_rope(&heads(p.apply(&w.k_proj, Target::KProj, h)?, nkv, &w.k_norm)?, cos, sin)?; // (1, NKV, T, D)
+    let v = heads(p.apply(&w.v_proj, Target::VProj, h)?, nkv, &None)?;
     let (k, v) = kv.append(&k.contiguous()?, &v.contiguous()?)?; // (1, NKV, P+T, D)
     let total = k.dim(2)?;
     let q = q.reshape((1, nkv, r * t, d))?;

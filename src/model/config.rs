@@ -7,7 +7,8 @@ use std::path::Path;
 use super::error::LoadError;
 
 /// Checkpoint families that share the Llama decoder. They differ only in details the
-/// config carries (biases, GQA, rope), so one forward pass serves all three.
+/// config carries (biases, GQA, rope, Qwen3's per-head q/k norm), so one forward pass
+/// serves all four.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Architecture {
     #[serde(rename = "LlamaForCausalLM")]
@@ -16,16 +17,20 @@ pub enum Architecture {
     Mistral,
     #[serde(rename = "Qwen2ForCausalLM")]
     Qwen2,
+    #[serde(rename = "Qwen3ForCausalLM")]
+    Qwen3,
 }
 
 impl Architecture {
-    pub const SUPPORTED: &'static [&'static str] = &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+    pub const SUPPORTED: &'static [&'static str] =
+        &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"];
 
     pub fn hf_name(self) -> &'static str {
         match self {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 
@@ -34,6 +39,7 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
         }
     }
 
@@ -42,6 +48,7 @@ impl Architecture {
             "LlamaForCausalLM" => Some(Architecture::Llama),
             "MistralForCausalLM" => Some(Architecture::Mistral),
             "Qwen2ForCausalLM" => Some(Architecture::Qwen2),
+            "Qwen3ForCausalLM" => Some(Architecture::Qwen3),
             _ => None,
         }
     }
@@ -75,6 +82,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Bias on o_proj (Llama's `attention_bias` covers it; Qwen2 has none).
     pub o_bias: bool,
+    /// RMSNorm over each head of q and of k before RoPE, weights (D,) per layer (Qwen3).
+    pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -101,6 +110,7 @@ struct RawConfig {
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     hidden_act: Option<String>,
+    use_sliding_window: Option<bool>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
 }
@@ -132,6 +142,7 @@ impl ModelConfig {
                     "llama" => Some("LlamaForCausalLM".to_string()),
                     "mistral" => Some("MistralForCausalLM".to_string()),
                     "qwen2" => Some("Qwen2ForCausalLM".to_string()),
+                    "qwen3" => Some("Qwen3ForCausalLM".to_string()),
                     _ => None,
                 })
             })
@@ -152,6 +163,9 @@ impl ModelConfig {
         }
         if raw.mlp_bias == Some(true) {
             return Err(bad("mlp_bias = true is not supported".into()));
+        }
+        if raw.use_sliding_window == Some(true) {
+            return Err(bad("use_sliding_window = true is not supported (sliding-window attention)".into()));
         }
         // transformers 5 moved rope settings into `rope_parameters`; older files use
         // rope_theta + rope_scaling. Read both.
@@ -187,6 +201,7 @@ impl ModelConfig {
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
             qkv_bias,
             o_bias,
+            qk_norm: architecture == Architecture::Qwen3,
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
             eos_token_ids,
         };
@@ -251,6 +266,10 @@ impl ModelConfig {
             }
             if self.o_bias {
                 out.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
+            }
+            if self.qk_norm {
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim]));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim]));
             }
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
@@ -372,6 +391,21 @@ mod tests {
         assert!(c.qkv_bias && !c.o_bias);
         assert_eq!(c.rope_scaling.unwrap().factor, 8.0);
         assert!(c.expected_tensors().iter().any(|(n, s)| n == "model.layers.1.self_attn.k_proj.bias" && s == &vec![8]));
+    }
+
+    #[test]
+    fn qwen3_has_qk_norms_and_explicit_head_dim() {
+        let mut j = base();
+        j["architectures"] = serde_json::json!(["Qwen3ForCausalLM"]);
+        j["head_dim"] = 8.into();
+        let c = parse(j.clone()).unwrap();
+        assert!(c.qk_norm && !c.qkv_bias && c.head_dim == 8);
+        let names: Vec<_> = c.expected_tensors().into_iter().filter(|(n, _)| n.contains("_norm.weight")).collect();
+        assert!(names.contains(&("model.layers.1.self_attn.q_norm.weight".to_string(), vec![8])), "{names:?}");
+        assert!(names.contains(&("model.layers.1.self_attn.k_norm.weight".to_string(), vec![8])));
+        assert_eq!(parse(c.to_hf_json()).unwrap(), c);
+        j["use_sliding_window"] = true.into();
+        assert!(parse(j).unwrap_err().to_string().contains("use_sliding_window"));
     }
 
     #[test]

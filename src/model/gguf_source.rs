@@ -88,6 +88,7 @@ pub fn config_from_gguf(c: &Content, path: &Path) -> Result<ModelConfig, LoadErr
         tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
         qkv_bias: has_bias,
         o_bias: c.tensor_infos.contains_key("blk.0.attn_output.bias"),
+        qk_norm: false,
         bos_token_id: meta_usize(c, "tokenizer.ggml.bos_token_id").map(|x| x as u32),
         eos_token_ids: meta_usize(c, "tokenizer.ggml.eos_token_id").map(|x| vec![x as u32]).unwrap_or_default(),
     };

@@ -18,8 +18,17 @@ use super::llama::{Llama, LlamaWeights};
 use super::shard_writer::{self, write_json};
 use crate::tokenizer::Tokenizer;
 
-pub const PRESETS: &[&str] =
-    &["tiny", "tiny-qwen2", "tiny-llama3", "llama2-7b", "mistral-7b", "qwen2.5-7b", "llama3-8b"];
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "tiny-qwen2",
+    "tiny-llama3",
+    "tiny-qwen3",
+    "llama2-7b",
+    "mistral-7b",
+    "qwen2.5-7b",
+    "llama3-8b",
+    "qwen3-8b",
+];
 
 /// The shape of a preset. `vocab_size` is replaced by the tokenizer's size when a
 /// tokenizer is taken from another model.
@@ -40,6 +49,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         tie_word_embeddings: false,
         qkv_bias: false,
         o_bias: false,
+        qk_norm: false,
         bos_token_id: None,
         eos_token_ids: vec![258],
     };
@@ -61,6 +71,16 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         "tiny-qwen2" => ModelConfig {
             architecture: Architecture::Qwen2,
             qkv_bias: true,
+            tie_word_embeddings: true,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            ..base
+        },
+        // Qwen3: q/k norms, head_dim set apart from hidden / heads, tied embeddings.
+        "tiny-qwen3" => ModelConfig {
+            architecture: Architecture::Qwen3,
+            qk_norm: true,
+            head_dim: 24,
             tie_word_embeddings: true,
             rms_norm_eps: 1e-6,
             rope_theta: 1_000_000.0,
@@ -101,6 +121,20 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             bos_token_id: Some(151643),
             eos_token_ids: vec![151645],
             ..seven_b
+        },
+        "qwen3-8b" => ModelConfig {
+            architecture: Architecture::Qwen3,
+            qk_norm: true,
+            vocab_size: 151936,
+            intermediate_size: 12288,
+            num_hidden_layers: 36,
+            num_key_value_heads: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_position_embeddings: 40960,
+            bos_token_id: None,
+            eos_token_ids: vec![151645],
+            ..seven_b.clone()
         },
         "llama3-8b" => ModelConfig {
             vocab_size: 128256,
@@ -150,7 +184,7 @@ pub fn default_init_std(preset: &str) -> f32 {
 /// norm weight that is ignored) for one tensor, filled in parallel chunks.
 pub fn init_tensor(name: &str, shape: &[usize], seed: u64, std: f32) -> candle_core::Result<Tensor> {
     let n: usize = shape.iter().product();
-    let is_norm = name.ends_with("layernorm.weight") || name == "model.norm.weight";
+    let is_norm = name.ends_with("norm.weight");
     let mut data = vec![0f32; n];
     const CHUNK: usize = 1 << 20;
     let threads = std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1);
@@ -191,6 +225,15 @@ pub fn write_random_checkpoint(
     dir: &Path,
     opts: &InitOptions,
 ) -> Result<ModelConfig, LoadError> {
+    if opts.gguf.is_some() && !matches!(cfg.architecture, Architecture::Llama | Architecture::Mistral) {
+        return Err(LoadError::Config {
+            path: dir.to_path_buf(),
+            msg: format!(
+                "a GGUF copy is written for Llama and Mistral shapes only, not {}",
+                cfg.architecture.hf_name()
+            ),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
     let cfg = cfg.clone();
     write_json(&dir.join("config.json"), &cfg.to_hf_json())?;
@@ -321,7 +364,7 @@ pub fn random_model_on_device(
     device.set_seed(seed)?;
     let mut map = std::collections::HashMap::new();
     for (name, shape) in cfg.expected_tensors() {
-        let is_norm = name.ends_with("layernorm.weight") || name == "model.norm.weight";
+        let is_norm = name.ends_with("norm.weight");
         let mut t = Tensor::randn(0f32, std, shape.as_slice(), device)?;
         if is_norm {
             t = (t + 1.0)?;

@@ -1,5 +1,6 @@
-//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2): RMSNorm, RoPE (with
-//! llama3 scaling), grouped-query attention, SwiGLU, optional q/k/v bias, tied embeddings.
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, Qwen3, SmolLM2): RMSNorm, RoPE
+//! (with llama3 scaling), grouped-query attention, SwiGLU, optional q/k/v bias, optional
+//! per-head q/k RMSNorm before RoPE (Qwen3), tied embeddings.
 //!
 //! Written as plain functions over named weights so that the training step can see (and
 //! later save or recompute) every activation. Shapes use B = batch, T = time,
@@ -50,6 +51,9 @@ pub struct AttentionWeights {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// (D,) RMSNorm weights over each head of q and of k, before RoPE (Qwen3).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,17 +126,16 @@ impl LlamaWeights {
                     bias: if bias { Some(take(format!("{p}.{name}.bias"))?) } else { None },
                 })
             };
-            let self_attn = AttentionWeights {
-                q_proj: lin("self_attn.q_proj", cfg.qkv_bias)?,
-                k_proj: lin("self_attn.k_proj", cfg.qkv_bias)?,
-                v_proj: lin("self_attn.v_proj", cfg.qkv_bias)?,
-                o_proj: lin("self_attn.o_proj", cfg.o_bias)?,
-            };
+            let (q_proj, k_proj) = (lin("self_attn.q_proj", cfg.qkv_bias)?, lin("self_attn.k_proj", cfg.qkv_bias)?);
+            let (v_proj, o_proj) = (lin("self_attn.v_proj", cfg.qkv_bias)?, lin("self_attn.o_proj", cfg.o_bias)?);
             let mlp = MlpWeights {
                 gate_proj: lin("mlp.gate_proj", false)?,
                 up_proj: lin("mlp.up_proj", false)?,
                 down_proj: lin("mlp.down_proj", false)?,
             };
+            let mut norm = |name: &str| cfg.qk_norm.then(|| take(format!("{p}.self_attn.{name}.weight"))).transpose();
+            let (q_norm, k_norm) = (norm("q_norm")?, norm("k_norm")?);
+            let self_attn = AttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm };
             layers.push(LayerWeights {
                 input_layernorm: take(format!("{p}.input_layernorm.weight"))?,
                 self_attn,
@@ -158,6 +161,11 @@ impl LlamaWeights {
                 out.push((format!("{p}.self_attn.{n}.weight"), lin.weight.dense()?));
                 if let Some(b) = &lin.bias {
                     out.push((format!("{p}.self_attn.{n}.bias"), b.clone()));
+                }
+            }
+            for (n, w) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                if let Some(w) = w {
+                    out.push((format!("{p}.self_attn.{n}.weight"), w.clone()));
                 }
             }
             out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.clone()));
@@ -344,10 +352,17 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (b, t, _) = h.dims3()?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-    let heads = |y: Tensor, n: usize| y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous();
-    let q = apply_rope(&heads(w.q_proj.forward(h)?, nh)?, cos, sin)?; // (B, NH, T, D)
-    let k = apply_rope(&heads(w.k_proj.forward(h)?, nkv)?, cos, sin)?; // (B, NKV, T, D)
-    let v = heads(w.v_proj.forward(h)?, nkv)?;
+    let heads = |y: Tensor, n: usize, norm: &Option<Tensor>| {
+        let y = y.reshape((b, t, n, d))?;
+        let y = match norm {
+            Some(w) => rms_norm(&y, w, cfg.rms_norm_eps)?, // over each head's D values
+            None => y,
+        };
+        y.transpose(1, 2)?.contiguous()
+    };
+    let q = apply_rope(&heads(w.q_proj.forward(h)?, nh, &w.q_norm)?, cos, sin)?; // (B, NH, T, D)
+    let k = apply_rope(&heads(w.k_proj.forward(h)?, nkv, &w.k_norm)?, cos, sin)?; // (B, NKV, T, D)
+    let v = heads(w.v_proj.forward(h)?, nkv, &None)?;
     let k = repeat_kv(&k, cfg.num_kv_groups())?;
     let v = repeat_kv(&v, cfg.num_kv_groups())?;
     // Scores and softmax in f32 whatever the compute dtype: bf16 softmax loses the tail.

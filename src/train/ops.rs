@@ -54,6 +54,22 @@ pub fn rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> 
     (g - xhat.broadcast_mul(&proj)?)?.broadcast_mul(rstd)?.to_dtype(dy.dtype())
 }
 
+/// Per-head RMSNorm (Qwen3's q_norm and k_norm, before RoPE): x (N, heads*D), w (D,) ->
+/// (y (N, heads*D), rstd (N*heads, 1) f32). Each head's D values are one row of
+/// `rms_norm_forward`.
+pub fn head_rms_norm_forward(x: &Tensor, w: &Tensor, heads: usize, eps: f64) -> Result<(Tensor, Tensor)> {
+    let (n, hd) = x.dims2()?;
+    let (y, rstd) = rms_norm_forward(&x.contiguous()?.reshape((n * heads, hd / heads))?, w, eps)?;
+    Ok((y.reshape((n, hd))?, rstd))
+}
+
+/// dy, x: (N, heads*D), rstd: (N*heads, 1) -> dx (N, heads*D).
+pub fn head_rms_norm_backward(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, hd) = x.dims2()?;
+    let rows = |t: &Tensor| t.contiguous()?.reshape((n * heads, hd / heads));
+    rms_norm_backward(&rows(dy)?, &rows(x)?, w, rstd)?.reshape((n, hd))
+}
+
 /// a + b (the residual stream); one vectorized kernel on CUDA.
 pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if cuda_bf16(a)

@@ -151,6 +151,8 @@ pub struct LayerActs {
     /// saves 2 of each layer's ~15 activation bytes per hidden unit.
     pub rstd_attn: Tensor,
     pub h_attn: Option<Tensor>,
+    /// Qwen3's per-head q/k norms: their inputs and 1/rms.
+    pub qk_norm: Option<QkNormSaved>,
     /// Post-RoPE q and k, v, and what the attention core needs (probabilities, or the
     /// flash kernels' log-normaliser).
     pub attn: ops::AttnSaved,
@@ -168,6 +170,16 @@ pub struct LayerActs {
     /// Per target (Target::index): u = x A^T and the dropped-out input, and dropout masks.
     pub lora: [Option<LoraSaved>; 7],
     pub masks: [Option<Tensor>; 7],
+}
+
+/// What per-head q/k norms keep for backward: q (N, NH*D) and k (N, NKV*D) as projected,
+/// and their 1/rms, (N*NH, 1) and (N*NKV, 1) f32.
+#[derive(Debug)]
+pub struct QkNormSaved {
+    pub q: Tensor,
+    pub rstd_q: Tensor,
+    pub k: Tensor,
+    pub rstd_k: Tensor,
 }
 
 /// What the step needs besides weights: the batch's attention mask and rotary tables.
@@ -380,6 +392,16 @@ pub fn layer_forward(
     let qp = proj(Target::QProj, &w.self_attn.q_proj, &h_attn)?;
     let kp = proj(Target::KProj, &w.self_attn.k_proj, &h_attn)?;
     let vp = proj(Target::VProj, &w.self_attn.v_proj, &h_attn)?;
+    let (qp, kp, qk_norm) = match (&w.self_attn.q_norm, &w.self_attn.k_norm) {
+        (Some(qw), Some(kw)) => {
+            let s = ctx.attn_shape();
+            let eps = cfg.rms_norm_eps;
+            let (qn, rstd_q) = timed(p, "q/k norm fwd", || ops::head_rms_norm_forward(&qp, qw, s.nh, eps))?;
+            let (kn, rstd_k) = timed(p, "q/k norm fwd", || ops::head_rms_norm_forward(&kp, kw, s.nkv, eps))?;
+            (qn, kn, save.then_some(QkNormSaved { q: qp, rstd_q, k: kp, rstd_k }))
+        }
+        _ => (qp, kp, None),
+    };
     let (attn, attn_saved) = timed(p, "attention fwd", || {
         let mask = ops::AttnMask {
             kstart: &ctx.batch.kstart,
@@ -412,6 +434,7 @@ pub fn layer_forward(
             x: x.clone(),
             rstd_attn,
             h_attn,
+            qk_norm,
             attn: attn_saved,
             ctx: attn,
             x_mid,
@@ -464,6 +487,18 @@ pub fn layer_backward(
         ops::attention_block_backward(&dattn, &a.attn, &ctx.cos, &ctx.sin, &mask, ctx.attn_shape())
     })?;
     drop(dattn);
+    let (dq, dk) = match (&a.qk_norm, &w.self_attn.q_norm, &w.self_attn.k_norm) {
+        (Some(n), Some(qw), Some(kw)) => {
+            let s = ctx.attn_shape();
+            timed(p, "q/k norm bwd", || {
+                Ok((
+                    ops::head_rms_norm_backward(&dq, &n.q, qw, &n.rstd_q, s.nh)?,
+                    ops::head_rms_norm_backward(&dk, &n.k, kw, &n.rstd_k, s.nkv)?,
+                ))
+            })?
+        }
+        _ => (dq, dk),
+    };
     let adapted = |t: Target| lora.get(t).is_some();
     let eps = ctx.cfg.rms_norm_eps;
     let h_attn = match (&a.h_attn, adapted(Target::QProj) || adapted(Target::KProj) || adapted(Target::VProj)) {
@@ -841,6 +876,7 @@ pub fn layer_acts_bytes(a: &LayerActs) -> usize {
     let mut ts = vec![&a.x, &a.rstd_attn, &a.ctx, &a.x_mid, &a.rstd_mlp];
     ts.extend(a.mlp.iter().flat_map(|m| [&m.gate, &m.up]));
     ts.extend(a.h_attn.iter().chain(&a.h_mlp));
+    ts.extend(a.qk_norm.iter().flat_map(|n| [&n.q, &n.rstd_q, &n.k, &n.rstd_k]));
     ts.extend(a.attn.tensors());
     for s in a.lora.iter().flatten() {
         ts.push(&s.u);

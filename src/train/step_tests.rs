@@ -140,6 +140,11 @@ fn gradients_match_finite_differences_llama3_rope_mqa() {
     check_finite_differences("tiny-llama3");
 }
 
+#[test]
+fn gradients_match_finite_differences_qwen3_qk_norm() {
+    check_finite_differences("tiny-qwen3");
+}
+
 /// The loss written with plain candle ops (differentiable, autograd-friendly softmax), for
 /// the autograd comparison. Separate from the step's forward on purpose.
 fn autograd_loss(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Tensor {
@@ -160,11 +165,18 @@ fn autograd_loss(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Tenso
     let mut x = model.weights.embed_tokens.index_select(&batch.input_ids.flatten_all().unwrap(), 0).unwrap();
     for (l, w) in model.weights.layers.iter().enumerate() {
         let h = rms_norm(&x, &w.input_layernorm, cfg.rms_norm_eps).unwrap();
-        let heads =
-            |y: Tensor, n: usize| y.reshape((b, t, n, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-        let q = apply_rope(&heads(lin(&h, &w.self_attn.q_proj, l, Target::QProj), nh), &cos, &sin).unwrap();
-        let k = apply_rope(&heads(lin(&h, &w.self_attn.k_proj, l, Target::KProj), nkv), &cos, &sin).unwrap();
-        let v = heads(lin(&h, &w.self_attn.v_proj, l, Target::VProj), nkv);
+        let heads = |y: Tensor, n: usize, norm: &Option<Tensor>| {
+            let y = y.reshape((b, t, n, d)).unwrap();
+            let y = match norm {
+                Some(w) => rms_norm(&y, w, cfg.rms_norm_eps).unwrap(),
+                None => y,
+            };
+            y.transpose(1, 2).unwrap().contiguous().unwrap()
+        };
+        let a = &w.self_attn;
+        let q = apply_rope(&heads(lin(&h, &a.q_proj, l, Target::QProj), nh, &a.q_norm), &cos, &sin).unwrap();
+        let k = apply_rope(&heads(lin(&h, &a.k_proj, l, Target::KProj), nkv, &a.k_norm), &cos, &sin).unwrap();
+        let v = heads(lin(&h, &a.v_proj, l, Target::VProj), nkv, &None);
         let k = repeat_kv(&k, nh / nkv).unwrap();
         let v = repeat_kv(&v, nh / nkv).unwrap();
         let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt())
@@ -189,7 +201,7 @@ fn autograd_loss(model: &Llama, lora: &LoraWeights, batch: &TrainBatch) -> Tenso
 
 #[test]
 fn gradients_match_candle_autograd_with_and_without_checkpointing() {
-    for preset_name in ["tiny", "tiny-qwen2"] {
+    for preset_name in ["tiny", "tiny-qwen2", "tiny-qwen3"] {
         let (model, lora, batch) = setup(preset_name, &ALL);
         let vars: Vec<Var> = lora.tensors().iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let mut lv = lora.clone();
@@ -308,7 +320,7 @@ fn mlp_by_row_chunks_equals_whole_rows() {
 /// initialised (B = 0), so both compute the base model.
 #[test]
 fn step_forward_equals_the_reference_forward() {
-    for preset_name in ["tiny", "tiny-qwen2", "tiny-llama3"] {
+    for preset_name in ["tiny", "tiny-qwen2", "tiny-llama3", "tiny-qwen3"] {
         let cfg = preset(preset_name).unwrap();
         let model = random_model(&cfg, 3, 0.15, &Device::Cpu).unwrap();
         let spec = LoraSpec { r: 3, alpha: 6.0, dropout: 0.0, targets: Target::ALL.to_vec(), use_rslora: false };
