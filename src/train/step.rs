@@ -573,10 +573,14 @@ impl Placement {
     }
 }
 
-/// Says once per process why checkpoints did not all go to host memory.
+/// Says once per process why checkpoints did not all go to host memory (the first step
+/// whose checkpoints did not).
 fn note_placement(p: Placement, x_bytes: usize, core_bytes: usize, available: usize) {
     static SAID: std::sync::Once = std::sync::Once::new();
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    if p == Placement::HostWithCore {
+        return;
+    }
     SAID.call_once(|| match p {
         Placement::HostWithCore => {}
         Placement::Host => eprintln!(
