@@ -1,5 +1,7 @@
-//! LoRA gradients of loratune's training step on SmolLM2-135M against PEFT's for one
-//! batch (tests/fixtures/peft_grads_smollm2, made by scripts/reference/make_peft_grads.py).
+//! LoRA gradients of loratune's training step against PEFT's for one batch: SmolLM2-135M
+//! with adapters on q/k/v/o (tests/fixtures/peft_grads_smollm2) and the tiny-qwen3 preset with
+//! adapters on all seven projections (tests/fixtures/peft_grads_tiny_qwen3), both made by
+//! scripts/reference/make_peft_grads.py.
 //! The adapter there was written by PEFT's own save_pretrained, so this also checks that
 //! loratune reads PEFT adapters.
 
@@ -24,10 +26,22 @@ fn rows(v: &serde_json::Value) -> Vec<Vec<u32>> {
 
 #[test]
 fn smollm2_lora_gradients_match_peft() {
-    let dir = common::repo_root().join("tests/fixtures/peft_grads_smollm2");
-    let case = common::fixture("peft_grads_smollm2/case.json");
+    check_against_peft(ModelSource::Gguf(common::smollm2_gguf()), "peft_grads_smollm2");
+}
+
+#[test]
+fn tiny_qwen3_lora_gradients_match_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model_dir = common::init_tiny(tmp.path(), "tiny-qwen3", &[]);
+    check_against_peft(ModelSource::HfDir(model_dir), "peft_grads_tiny_qwen3");
+}
+
+/// The model at `source`, the adapter and batch of the fixture folder `name`.
+fn check_against_peft(source: ModelSource, name: &str) {
+    let dir = common::repo_root().join("tests/fixtures").join(name);
+    let case = common::fixture(&format!("{name}/case.json"));
     let opts = LoadOptions::for_device(Device::Cpu, HubOptions { offline: true, ..HubOptions::from_env() });
-    let loaded = model::load(&ModelSource::Gguf(common::smollm2_gguf()), &opts).unwrap();
+    let loaded = model::load(&source, &opts).unwrap();
     let lora = load_adapter(&dir, &loaded.model.config, &Device::Cpu).unwrap();
     assert_eq!((lora.spec.r, lora.scaling), (4, 2.0));
 

@@ -5,6 +5,10 @@ float32 on CPU.
 
     scripts/reference/.venv/bin/python scripts/reference/make_peft_grads.py \
         --smollm2 models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out tests/fixtures/peft_grads_smollm2
+    # a Hugging Face folder (the tiny-qwen3 preset, written by `loratune init-model --preset
+    # tiny-qwen3 --out models/tiny-qwen3`), adapters on all seven projections:
+    scripts/reference/.venv/bin/python scripts/reference/make_peft_grads.py --hf models/tiny-qwen3 \
+        --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --out tests/fixtures/peft_grads_tiny_qwen3
 
 Writes into --out:
   adapter_model.safetensors, adapter_config.json   PEFT's own save_pretrained output
@@ -19,7 +23,7 @@ Writes into --out:
       base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight), same shapes.
 
 Adapter weights: g = torch.Generator().manual_seed(SEED); for every LoRA parameter in the order
-of PeftModel.named_parameters() (layer 0..29; q, k, v, o; lora_A then lora_B), the weight is
+of PeftModel.named_parameters() (layer by layer; the targets; lora_A then lora_B), the weight is
 replaced by torch.randn(shape, generator=g) * std (std_a for lora_A, std_b for lora_B).
 The values are in the committed safetensors file: nobody needs to regenerate them to use it.
 
@@ -50,7 +54,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_fixtures import build_chat_case, load_gguf, rel, versions  # noqa: E402  (the reference rules)
+from make_fixtures import build_chat_case, load_gguf, load_hf_dir, rel, versions  # noqa: E402  (the reference rules)
 
 import peft  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
@@ -62,7 +66,12 @@ DATA_LINES = [1, 2, 3]  # 1-based line numbers of DATA_FILE
 SEED = 1234
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 R, ALPHA = 4, 8
-N_LAYERS = 30
+SMOLLM2_LAYERS = 30
+
+
+def module_path(target):
+    """Where a target projection sits inside a decoder layer."""
+    return f"self_attn.{target}" if target in ("q_proj", "k_proj", "v_proj", "o_proj") else f"mlp.{target}"
 
 
 def read_lines(path, lines):
@@ -132,7 +141,10 @@ def dumps_case(obj):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smollm2", metavar="GGUF", required=True, help="SmolLM2 GGUF file")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--smollm2", metavar="GGUF", help="SmolLM2 GGUF file")
+    src.add_argument("--hf", metavar="DIR", help="a Hugging Face model folder")
+    ap.add_argument("--targets", default=",".join(TARGET_MODULES), help="comma-separated LoRA targets")
     ap.add_argument("--out", default=str(REPO_ROOT / "tests" / "fixtures" / "peft_grads_smollm2"))
     ap.add_argument("--std-a", type=float, default=0.05, help="std of the random lora_A values")
     ap.add_argument("--std-b", type=float, default=0.05, help="std of the random lora_B values")
@@ -144,7 +156,11 @@ def main():
     torch.use_deterministic_algorithms(True)
 
     py = "scripts/reference/.venv/bin/python scripts/reference/make_peft_grads.py"
-    cmd = f"{py} --smollm2 {shlex.quote(rel(args.smollm2))} --out {shlex.quote(rel(args.out))}"
+    targets = args.targets.split(",")
+    source = f"--smollm2 {shlex.quote(rel(args.smollm2))}" if args.smollm2 else f"--hf {shlex.quote(rel(args.hf))}"
+    cmd = f"{py} {source} --out {shlex.quote(rel(args.out))}"
+    if targets != TARGET_MODULES:
+        cmd += f" --targets {','.join(targets)}"
     if args.std_a != 0.05:
         cmd += f" --std-a {args.std_a}"
     if args.std_b != 0.05:
@@ -152,14 +168,16 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    print(f"loading {args.smollm2}", file=sys.stderr)
-    tokenizer, base = load_gguf(args.smollm2)  # float32, attn_implementation="eager"
-    assert base.config.num_hidden_layers == N_LAYERS
+    print(f"loading {args.smollm2 or args.hf}", file=sys.stderr)
+    # float32, attn_implementation="eager"
+    tokenizer, base = load_gguf(args.smollm2) if args.smollm2 else load_hf_dir(args.hf)
+    n_layers = base.config.num_hidden_layers
+    assert not args.smollm2 or n_layers == SMOLLM2_LAYERS
 
     config = LoraConfig(
         r=R,
         lora_alpha=ALPHA,
-        target_modules=TARGET_MODULES,
+        target_modules=targets,
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
@@ -170,7 +188,7 @@ def main():
     # Seeded A and B (B nonzero, so that d loss / d A is nonzero too).
     g = torch.Generator().manual_seed(SEED)
     lora_params = [(n, p) for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
-    assert len(lora_params) == N_LAYERS * len(TARGET_MODULES) * 2, len(lora_params)
+    assert len(lora_params) == n_layers * len(targets) * 2, len(lora_params)
     with torch.no_grad():
         for n, p in lora_params:
             std = args.std_a if ".lora_A." in n else args.std_b
@@ -181,11 +199,11 @@ def main():
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)  # PEFT's generated model card: not part of the fixture
     saved = load_file(str(out / "adapter_model.safetensors"))
-    # exactly 30 layers x 4 modules x {A, B}, PEFT's naming, the values we set
+    # exactly layers x targets x {A, B}, PEFT's naming, the values we set
     expected = {
-        f"base_model.model.model.layers.{i}.self_attn.{m}.lora_{ab}.weight"
-        for i in range(N_LAYERS)
-        for m in TARGET_MODULES
+        f"base_model.model.model.layers.{i}.{module_path(m)}.lora_{ab}.weight"
+        for i in range(n_layers)
+        for m in targets
         for ab in "AB"
     }
     assert set(saved) == expected, f"unexpected adapter keys: {sorted(set(saved) ^ expected)[:8]}"
@@ -242,7 +260,7 @@ def main():
     case = {
         "generated_by": cmd,
         "versions": vers,
-        "model": Path(args.smollm2).name,
+        "model": Path(args.smollm2 or args.hf).name,
         "attn_implementation": base.config._attn_implementation,
         "data_file": rel(DATA_FILE),
         "data_lines": DATA_LINES,
@@ -250,9 +268,10 @@ def main():
         "lora_r": R,
         "lora_alpha": ALPHA,
         "lora_scaling": ALPHA / R,
-        "target_modules": TARGET_MODULES,
+        "target_modules": targets,
         "adapter_init": {"seed": SEED, "std_a": args.std_a, "std_b": args.std_b,
-                         "order": "PeftModel.named_parameters(): layer 0..29, q,k,v,o, lora_A then lora_B",
+                         "order": f"PeftModel.named_parameters(): layer 0..{n_layers - 1}, "
+                                  f"{','.join(t.split('_')[0] for t in targets)}, lora_A then lora_B",
                          "draw": "torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std"},
         "pad_id": pad_id,
         "pad_source": pad_source,
@@ -282,7 +301,7 @@ def main():
     (out / "case.json").write_text(dumps_case(case), encoding="utf-8")
 
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"adapter:   {len(saved)} tensors (30 layers x 4 modules x A,B), PEFT naming "
+    print(f"adapter:   {len(saved)} tensors ({n_layers} layers x {len(targets)} modules x A,B), PEFT naming "
           f"e.g. {first}", file=sys.stderr)
     print(f"batch:     {len(ids)} x {len(ids[0])} tokens, lengths {case['lengths']}, "
           f"{n_targets} targets, pad {pad_id} ({pad_source})", file=sys.stderr)
