@@ -67,16 +67,23 @@ fn cached_forward_matches_the_full_forward_qwen3() {
 }
 
 /// Greedy decoding equals transformers' `generate(do_sample=False)` token for token: SmolLM2
-/// chats (stopping at <|im_end|>), and the tiny preset with and without PEFT's rsLoRA adapter.
+/// chats (stopping at <|im_end|>), the tiny preset with and without PEFT's rsLoRA adapter, and
+/// the tiny-qwen3 preset with and without a PEFT adapter on all seven projections.
 #[test]
 fn greedy_output_equals_transformers() {
     let fixture = common::fixture("generate_greedy.json");
     let dir = tempfile::tempdir().unwrap();
     let smol = load(&common::smollm2_gguf());
     let tiny = load(&common::init_tiny(dir.path(), "tiny", &[]));
+    let qwen3 = load(&common::init_tiny(dir.path(), "tiny-qwen3", &[]));
     for case in fixture["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let m = if case["model"] == "smollm2" { &smol } else { &tiny };
+        let m = match case["model"].as_str().unwrap() {
+            "smollm2" => &smol,
+            "tiny" => &tiny,
+            "tiny-qwen3" => &qwen3,
+            other => panic!("{name}: unknown model {other}"),
+        };
         let adapter = case["adapter"]
             .as_str()
             .map(|a| load_adapter(&common::repo_root().join(a), &m.model.config, &Device::Cpu).unwrap());

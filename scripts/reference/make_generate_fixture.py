@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Greedy generation reference for `loratune generate`: transformers' generate(do_sample=False)
-on SmolLM2 chats and on the tiny preset with and without PEFT's rsLoRA adapter; float32, CPU.
+on SmolLM2 chats, on the tiny preset with and without PEFT's rsLoRA adapter, and on the
+tiny-qwen3 preset with and without the PEFT adapter of tests/fixtures/peft_grads_tiny_qwen3
+(all seven projections); float32, CPU.
 
     target/release/loratune init-model --preset tiny --out /tmp/tiny
+    target/release/loratune init-model --preset tiny-qwen3 --out /tmp/tiny-qwen3
     scripts/reference/.venv/bin/python scripts/reference/make_generate_fixture.py \\
         --smollm2 models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --tiny /tmp/tiny \\
-        --out tests/fixtures/generate_greedy.json
+        --tiny-qwen3 /tmp/tiny-qwen3 --out tests/fixtures/generate_greedy.json
 
 Per case: `prompt_ids`; for chats `messages` and `rendered` (apply_chat_template with
 add_generation_prompt=True; its ids asserted equal to tokenizing `rendered` without special
@@ -35,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 MAX_NEW_SMOL = 40
 MAX_NEW_TINY = 16
 TINY_ADAPTER = "tests/fixtures/peft_adapter_tiny_rslora"
+QWEN3_ADAPTER = "tests/fixtures/peft_grads_tiny_qwen3"
 SMOL_CHATS = [
     ("smollm2_system", [{"role": "system", "content": "You are a concise assistant."},
                         {"role": "user", "content": "Why is the sky blue? Answer in one sentence."}]),
@@ -67,6 +71,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", required=True)
     ap.add_argument("--tiny", required=True, help="init-model --preset tiny folder (seed 0)")
+    ap.add_argument("--tiny-qwen3", required=True, help="init-model --preset tiny-qwen3 folder (seed 0)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -104,6 +109,15 @@ def main():
     print(f"tiny_peft_rslora: {new} (margin {margin:.3f})")
     cases.append(dict(name="tiny_peft_rslora", model="tiny", adapter=TINY_ADAPTER, prompt_ids=prompt, eos_token_ids=[],
                       output_ids=new, stopped_on_eos=False, min_top2_margin=margin))
+
+    base = AutoModelForCausalLM.from_pretrained(args.tiny_qwen3, dtype=torch.float32,
+                                                attn_implementation="eager").eval()
+    for name, adapter in (("tiny_qwen3_base", None), ("tiny_qwen3_peft", QWEN3_ADAPTER)):
+        model = base if adapter is None else PeftModel.from_pretrained(base, adapter).eval()
+        new, margin = greedy(model, prompt, MAX_NEW_TINY, [], 0)
+        print(f"{name}: {new} (margin {margin:.3f})")
+        cases.append(dict(name=name, model="tiny-qwen3", adapter=adapter, prompt_ids=prompt, eos_token_ids=[],
+                          output_ids=new, stopped_on_eos=False, min_top2_margin=margin))
 
     fixture = {
         "generated_by": " ".join(shlex.quote(a) for a in ["scripts/reference/.venv/bin/python", Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
