@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 
 use crate::lora::{add_lora_delta, LayerLora, LoraWeights, Target};
-use crate::model::llama::{apply_rope, rms_norm, AttentionWeights, LayerWeights, Linear, MlpWeights};
+use crate::model::llama::{apply_rope, heads, rms_norm, AttentionWeights, LayerWeights, Linear, MlpWeights};
 use crate::model::{Llama, ModelConfig};
 
 /// Past keys and values of every layer, each (1, NKV, P, D), grown in blocks.
@@ -133,18 +133,12 @@ fn attention(
     let t = h.dim(1)?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
     let r = nh / nkv;
-    // Qwen3 normalises each head of q and k before RoPE.
-    let heads = |y: Tensor, n: usize, norm: &Option<Tensor>| {
-        let y = y.reshape((1, t, n, d))?;
-        let y = match norm {
-            Some(w) => rms_norm(&y, w, cfg.rms_norm_eps)?,
-            None => y,
-        };
-        y.transpose(1, 2)?.contiguous()
-    };
-    let q = apply_rope(&heads(p.apply(&w.q_proj, Target::QProj, h)?, nh, &w.q_norm)?, cos, sin)?; // (1, NH, T, D)
-    let k = apply_rope(&heads(p.apply(&w.k_proj, Target::KProj, h)?, nkv, &w.k_norm)?, cos, sin)?; // (1, NKV, T, D)
-    let v = heads(p.apply(&w.v_proj, Target::VProj, h)?, nkv, &None)?;
+    let eps = cfg.rms_norm_eps;
+    let q =
+        apply_rope(&heads(&p.apply(&w.q_proj, Target::QProj, h)?, (1, t, nh, d), w.q_norm.as_ref(), eps)?, cos, sin)?;
+    let k =
+        apply_rope(&heads(&p.apply(&w.k_proj, Target::KProj, h)?, (1, t, nkv, d), w.k_norm.as_ref(), eps)?, cos, sin)?;
+    let v = heads(&p.apply(&w.v_proj, Target::VProj, h)?, (1, t, nkv, d), None, eps)?;
     let (k, v) = kv.append(&k.contiguous()?, &v.contiguous()?)?; // (1, NKV, P+T, D)
     let total = k.dim(2)?;
     let q = q.reshape((1, nkv, r * t, d))?;

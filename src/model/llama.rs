@@ -341,6 +341,22 @@ pub fn decoder_layer(
     &x + mlp(&w.mlp, &h)?
 }
 
+/// A projection's output as heads: y (B, T, N*D) -> (B, N, T, D), each head's D values
+/// RMS-normalised first where `norm` (D,) is given (Qwen3's q_norm and k_norm).
+pub fn heads(
+    y: &Tensor,
+    (b, t, n, d): (usize, usize, usize, usize),
+    norm: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let y = y.reshape((b, t, n, d))?;
+    let y = match norm {
+        Some(w) => rms_norm(&y, w, eps)?,
+        None => y,
+    };
+    y.transpose(1, 2)?.contiguous()
+}
+
 /// Causal grouped-query self-attention. h: (B, T, H) -> (B, T, H).
 pub fn attention(
     cfg: &ModelConfig,
@@ -352,17 +368,10 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (b, t, _) = h.dims3()?;
     let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
-    let heads = |y: Tensor, n: usize, norm: &Option<Tensor>| {
-        let y = y.reshape((b, t, n, d))?;
-        let y = match norm {
-            Some(w) => rms_norm(&y, w, cfg.rms_norm_eps)?, // over each head's D values
-            None => y,
-        };
-        y.transpose(1, 2)?.contiguous()
-    };
-    let q = apply_rope(&heads(w.q_proj.forward(h)?, nh, &w.q_norm)?, cos, sin)?; // (B, NH, T, D)
-    let k = apply_rope(&heads(w.k_proj.forward(h)?, nkv, &w.k_norm)?, cos, sin)?; // (B, NKV, T, D)
-    let v = heads(w.v_proj.forward(h)?, nkv, &None)?;
+    let eps = cfg.rms_norm_eps;
+    let q = apply_rope(&heads(&w.q_proj.forward(h)?, (b, t, nh, d), w.q_norm.as_ref(), eps)?, cos, sin)?;
+    let k = apply_rope(&heads(&w.k_proj.forward(h)?, (b, t, nkv, d), w.k_norm.as_ref(), eps)?, cos, sin)?;
+    let v = heads(&w.v_proj.forward(h)?, (b, t, nkv, d), None, eps)?;
     let k = repeat_kv(&k, cfg.num_kv_groups())?;
     let v = repeat_kv(&v, cfg.num_kv_groups())?;
     // Scores and softmax in f32 whatever the compute dtype: bf16 softmax loses the tail.
