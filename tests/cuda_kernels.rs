@@ -324,12 +324,9 @@ fn bf16_step_matches_f32_step() {
     let run = |m: &loratune::model::Llama, checkpointing: bool, offload: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let opts = StepOptions {
-            mlp_chunk_rows: None,
             gradient_checkpointing: checkpointing,
-            checkpoint_layers: None,
             offload_checkpoints: offload,
-            dropout: 0.0,
-            profiler: None,
+            ..StepOptions::default()
         };
         let st = forward_backward(
             m,
@@ -444,14 +441,7 @@ fn quantized_step_matches_dense_step_on_the_same_weights() {
         .unwrap();
         let run = |m: &loratune::model::Llama| {
             let mut grads = LoraGrads::zeros(&lora).unwrap();
-            let opts = StepOptions {
-                mlp_chunk_rows: None,
-                gradient_checkpointing: true,
-                checkpoint_layers: None,
-                offload_checkpoints: true,
-                dropout: 0.0,
-                profiler: None,
-            };
+            let opts = StepOptions { gradient_checkpointing: true, ..StepOptions::default() };
             let st = forward_backward(
                 m,
                 &lora,

@@ -65,14 +65,7 @@ fn check_against_peft(source: ModelSource, name: &str) {
 
     let mut grads = LoraGrads::zeros(&lora).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let step_opts = StepOptions {
-        mlp_chunk_rows: None,
-        gradient_checkpointing: false,
-        checkpoint_layers: None,
-        offload_checkpoints: false,
-        dropout: 0.0,
-        profiler: None,
-    };
+    let step_opts = StepOptions { offload_checkpoints: false, ..StepOptions::default() };
     let stats =
         forward_backward(&loaded.model, &lora, &batch, 1.0 / batch.num_targets as f64, step_opts, &mut rng, &mut grads)
             .unwrap();

@@ -51,14 +51,7 @@ fn step(m: &Llama, ids: &[Vec<u32>]) -> (f64, Vec<Tensor>) {
     let batch = TrainBatch::new(&rows, 0, &Device::Cpu).unwrap();
     let mut grads = LoraGrads::zeros(&lora).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let opts = StepOptions {
-        mlp_chunk_rows: None,
-        gradient_checkpointing: true,
-        checkpoint_layers: None,
-        offload_checkpoints: true,
-        dropout: 0.0,
-        profiler: None,
-    };
+    let opts = StepOptions { gradient_checkpointing: true, ..StepOptions::default() };
     let st = forward_backward(m, &lora, &batch, 1.0 / batch.num_targets as f64, opts, &mut rng, &mut grads).unwrap();
     (st.nll_sum / st.num_targets as f64, grads.tensors())
 }

@@ -539,6 +539,21 @@ pub struct StepOptions<'a> {
     pub profiler: Option<&'a Profiler>,
 }
 
+/// No checkpointing, no dropout, the MLP in chunks of the default size, no profiler;
+/// checkpoints offloaded where checkpointing is turned on (as `train.offload_checkpoints`).
+impl Default for StepOptions<'_> {
+    fn default() -> Self {
+        StepOptions {
+            gradient_checkpointing: false,
+            checkpoint_layers: None,
+            offload_checkpoints: true,
+            dropout: 0.0,
+            mlp_chunk_rows: None,
+            profiler: None,
+        }
+    }
+}
+
 /// Where checkpointed layer inputs wait for backward.
 enum Checkpoints {
     /// One (L, N, H) device buffer allocated up front: kept among the layers' transients one

@@ -63,14 +63,7 @@ fn analytic_checkpointing(
 ) -> (f64, Vec<Tensor>) {
     let mut grads = LoraGrads::zeros(lora).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let opts = StepOptions {
-        mlp_chunk_rows: None,
-        gradient_checkpointing: checkpointing,
-        checkpoint_layers,
-        offload_checkpoints: true,
-        dropout: 0.0,
-        profiler: None,
-    };
+    let opts = StepOptions { gradient_checkpointing: checkpointing, checkpoint_layers, ..StepOptions::default() };
     let stats =
         forward_backward(model, lora, batch, 1.0 / batch.num_targets as f64, opts, &mut rng, &mut grads).unwrap();
     (stats.nll_sum / batch.num_targets as f64, grads.tensors())
@@ -261,14 +254,7 @@ fn dropout_masks_are_reproduced_when_recomputing() {
     let run = |ckpt: bool| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let opts = StepOptions {
-            mlp_chunk_rows: None,
-            gradient_checkpointing: ckpt,
-            checkpoint_layers: None,
-            offload_checkpoints: true,
-            dropout: 0.3,
-            profiler: None,
-        };
+        let opts = StepOptions { gradient_checkpointing: ckpt, dropout: 0.3, ..StepOptions::default() };
         let s = forward_backward(&model, &lora, &batch, 1.0, opts, &mut rng, &mut grads).unwrap();
         (s.nll_sum, grads.tensors().iter().map(flat).collect::<Vec<_>>())
     };
@@ -290,14 +276,8 @@ fn mlp_by_row_chunks_equals_whole_rows() {
     let run = |ckpt: bool, chunk: Option<usize>| {
         let mut grads = LoraGrads::zeros(&lora).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(8);
-        let opts = StepOptions {
-            mlp_chunk_rows: chunk,
-            gradient_checkpointing: ckpt,
-            checkpoint_layers: None,
-            offload_checkpoints: true,
-            dropout: 0.2,
-            profiler: None,
-        };
+        let opts =
+            StepOptions { gradient_checkpointing: ckpt, dropout: 0.2, mlp_chunk_rows: chunk, ..StepOptions::default() };
         let s = forward_backward(&model, &lora, &batch, 1.0, opts, &mut rng, &mut grads).unwrap();
         (s.nll_sum, grads.tensors().iter().map(flat).collect::<Vec<_>>())
     };
